@@ -114,3 +114,36 @@ def get_config() -> ml_collections.ConfigDict:
   # Multi-host: initialise jax.distributed (coordinator from flags or environment).
   config.distributed = False
   return config
+
+
+BACKBONES = (
+    'resnet18',
+    'resnet34',
+    'resnet50',
+    'resnet101',
+    'resnet152',
+    'densenet121',
+    'densenet161',
+    'densenet169',
+    'densenet201',
+)
+
+
+def apply_args(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  """Applies config-file arguments, e.g. `configs/wider.py:resnet50`.
+
+  `arg` is a comma-separated list of tokens; a backbone name selects the backbone.
+
+  Args:
+    config: the config to change in place.
+    arg: the text after ':' in `--config=path:arg`, or None.
+
+  Returns:
+    The same config.
+  """
+  for token in filter(None, (arg or '').split(',')):
+    if token in BACKBONES:
+      config.model.backbone = token
+    else:
+      raise ValueError(f'Unknown config argument {token!r}; expected one of {BACKBONES}.')
+  return config
