@@ -117,15 +117,15 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 BACKBONES = (
-    'resnet18',
-    'resnet34',
-    'resnet50',
-    'resnet101',
-    'resnet152',
-    'densenet121',
-    'densenet161',
-    'densenet169',
-    'densenet201',
+  'resnet18',
+  'resnet34',
+  'resnet50',
+  'resnet101',
+  'resnet152',
+  'densenet121',
+  'densenet161',
+  'densenet169',
+  'densenet201',
 )
 
 

@@ -21,14 +21,14 @@ class Checkpointer:
   def __init__(self, workdir: str | Path, keep: int = 2):
     workdir = Path(workdir).absolute()
     self.latest = ocp.CheckpointManager(
-        workdir / 'checkpoints',
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+      workdir / 'checkpoints',
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
     )
     self.best = ocp.CheckpointManager(
-        workdir / 'best',
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, best_fn=lambda metrics: metrics['value'], best_mode='max', create=True
-        ),
+      workdir / 'best',
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=1, best_fn=lambda metrics: metrics['value'], best_mode='max', create=True
+      ),
     )
 
   def latest_step(self) -> int | None:
@@ -67,7 +67,7 @@ class Checkpointer:
     if step in self.best.all_steps():
       return
     self.best.save(
-        step, args=ocp.args.StandardSave(state), metrics={'value': float(value)}, force=True
+      step, args=ocp.args.StandardSave(state), metrics={'value': float(value)}, force=True
     )
 
   def reached_preemption(self, step: int) -> bool:

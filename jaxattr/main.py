@@ -33,17 +33,17 @@ def main(argv):
   if FLAGS.config.distributed or FLAGS.coordinator_address:
     # Without arguments JAX reads SLURM / TPU-pod / Open MPI environments itself.
     jax.distributed.initialize(
-        coordinator_address=FLAGS.coordinator_address,
-        num_processes=FLAGS.num_processes,
-        process_id=FLAGS.process_id,
+      coordinator_address=FLAGS.coordinator_address,
+      num_processes=FLAGS.num_processes,
+      process_id=FLAGS.process_id,
     )
   logging.info(
-      'JAX process %d of %d, %d local / %d global devices (%s).',
-      jax.process_index(),
-      jax.process_count(),
-      jax.local_device_count(),
-      jax.device_count(),
-      jax.devices()[0].platform,
+    'JAX process %d of %d, %d local / %d global devices (%s).',
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+    jax.devices()[0].platform,
   )
   from jaxattr import train
 

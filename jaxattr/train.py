@@ -14,6 +14,7 @@ the step reads as single-device code and gives the same result on any number of
 devices or hosts.
 """
 
+import dataclasses
 import functools
 import json
 import math
@@ -77,8 +78,8 @@ def make_optimizer(opt: ml_collections.ConfigDict) -> optax.GradientTransformati
   def make(learning_rate):
     if opt.name == 'sgd':
       return optax.chain(
-          optax.add_decayed_weights(opt.weight_decay),
-          optax.sgd(learning_rate, momentum=opt.momentum or None, nesterov=opt.nesterov),
+        optax.add_decayed_weights(opt.weight_decay),
+        optax.sgd(learning_rate, momentum=opt.momentum or None, nesterov=opt.nesterov),
       )
     if opt.name == 'adam':
       return optax.chain(optax.add_decayed_weights(opt.weight_decay), optax.adam(learning_rate))
@@ -93,11 +94,11 @@ def make_plateau(config: ml_collections.ConfigDict) -> optax.GradientTransformat
   """lr / factor after `patience` evaluations without gain, down to `min_lr`."""
   s = config.schedule
   return optax.contrib.reduce_on_plateau(
-      factor=s.factor,
-      patience=s.patience,
-      rtol=0.0,
-      atol=1e-4,  # A gain is an improvement of the metric by more than 1e-4.
-      min_scale=s.min_lr / config.optimizer.learning_rate,
+    factor=s.factor,
+    patience=s.patience,
+    rtol=0.0,
+    atol=1e-4,  # A gain is an improvement of the metric by more than 1e-4.
+    min_scale=s.min_lr / config.optimizer.learning_rate,
   )
 
 
@@ -110,12 +111,12 @@ def make_lr_fn(config: ml_collections.ConfigDict, steps_per_epoch: int) -> Calla
     base = optax.constant_schedule(lr)
   elif s.name == 'step':
     base = optax.piecewise_constant_schedule(
-        lr, {int(e * steps_per_epoch): s.factor for e in s.step_epochs}
+      lr, {int(e * steps_per_epoch): s.factor for e in s.step_epochs}
     )
   elif s.name == 'cosine':
     return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total, end_value=s.min_lr)
   else:
-    raise ValueError(f"schedule.name must be plateau/step/cosine/constant, not {s.name!r}.")
+    raise ValueError(f'schedule.name must be plateau/step/cosine/constant, not {s.name!r}.')
   if warmup:
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), base], [warmup])
   return base
@@ -146,17 +147,17 @@ def train_metrics_collection(term_names: tuple[str, ...]) -> type[clu_metrics.Co
 
 
 def train_step(
-    state: TrainState,
-    batch: dict[str, jax.Array],
-    *,
-    model: nn.Module,
-    config: ml_collections.ConfigDict,
-    w_pos: jax.Array,
-    w_neg: jax.Array,
-    lr_fn: Callable,
-    steps_per_epoch: int,
-    num_sources: int,
-    freeze_backbone: bool,
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  *,
+  model: nn.Module,
+  config: ml_collections.ConfigDict,
+  w_pos: jax.Array,
+  w_neg: jax.Array,
+  lr_fn: Callable,
+  steps_per_epoch: int,
+  num_sources: int,
+  freeze_backbone: bool,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step on a global batch; pure.
 
@@ -180,26 +181,26 @@ def train_step(
 
   def loss_fn(params):
     outputs, new_model_state = model.apply(
-        {'params': params, 'batch_stats': state.batch_stats},
-        images,
-        train=True,
-        freeze_backbone=freeze_backbone,
-        mutable=['batch_stats'],
+      {'params': params, 'batch_stats': state.batch_stats},
+      images,
+      train=True,
+      freeze_backbone=freeze_backbone,
+      mutable=['batch_stats'],
     )
     loss, terms = losses.total_loss(
-        outputs['primary_logits'],
-        outputs['attention_logits'],
-        batch['labels'],
-        std,
-        w_pos,
-        w_neg,
-        config.loss,
-        unknown=config.data.unknown_label,
+      outputs['primary_logits'],
+      outputs['attention_logits'],
+      batch['labels'],
+      std,
+      w_pos,
+      w_neg,
+      config.loss,
+      unknown=config.data.unknown_label,
     )
     return loss, (outputs, new_model_state['batch_stats'], terms)
 
   (loss, (outputs, batch_stats, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params
+    state.params
   )
   if config.optimizer.grad_clip_norm > 0:
     # One global norm over all trainable parameters.
@@ -221,7 +222,7 @@ def train_step(
   head_params, opt_state['heads'] = apply(head_params, head_grads, opt_state['heads'])
   if not freeze_backbone:
     backbone_params, opt_state[BACKBONE] = apply(
-        backbone_params, backbone_grads, opt_state[BACKBONE]
+      backbone_params, backbone_grads, opt_state[BACKBONE]
     )
   params = {BACKBONE: backbone_params, **head_params}
 
@@ -230,26 +231,26 @@ def train_step(
     epoch = state.step // steps_per_epoch
     probs = hist.source_probs(outputs, config.history.source)
     new_history = hist.update(
-        state.history,
-        batch['index'],
-        probs,
-        jnp.ones(batch['index'].shape, bool),
-        epoch >= config.history.start_epoch,
+      state.history,
+      batch['index'],
+      probs,
+      jnp.ones(batch['index'].shape, bool),
+      epoch >= config.history.start_epoch,
     )
 
   new_state = state.replace(
-      step=state.step + 1,
-      params=params,
-      batch_stats=batch_stats,
-      opt_state=opt_state,
-      history=new_history,
+    step=state.step + 1,
+    params=params,
+    batch_stats=batch_stats,
+    opt_state=opt_state,
+    history=new_history,
   )
   step_metrics = {'loss': loss, 'learning_rate': lr, **terms}
   return new_state, step_metrics
 
 
 def eval_step(
-    state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module, config
+  state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module, config
 ) -> dict[str, jax.Array]:
   """Predictions of one padded eval batch; pure.
 
@@ -261,13 +262,13 @@ def eval_step(
   """
   images = input_pipeline.normalize(batch['image'], config.data)
   outputs = model.apply(
-      {'params': state.params, 'batch_stats': state.batch_stats}, images, train=False
+    {'params': state.params, 'batch_stats': state.batch_stats}, images, train=False
   )
   out = {
-      'probs': jax.nn.sigmoid(outputs['logits']),
-      'labels': batch['labels'],
-      'mask': batch['mask'],
-      'index': batch['index'],
+    'probs': jax.nn.sigmoid(outputs['logits']),
+    'labels': batch['labels'],
+    'mask': batch['mask'],
+    'index': batch['index'],
   }
   if 'cue_boxes' in batch:  # Synthetic data: where each cue is, for the pointing game.
     out['cue_boxes'] = batch['cue_boxes']
@@ -289,19 +290,20 @@ def _argmax_cell(masks: jax.Array) -> jax.Array:
 # --- Set-up -----------------------------------------------------------------------
 
 
-def create_mesh() -> jax.sharding.Mesh:
-  """A 1-D data-parallel mesh over all devices of all processes."""
+def create_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D data-parallel mesh over `devices` (default: all devices of all processes)."""
+  devices = jax.devices() if devices is None else list(devices)
   return jax.make_mesh(
-      (jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,)
+    (len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
   )
 
 
 def create_train_state(
-    config: ml_collections.ConfigDict,
-    model: nn.Module,
-    num_train: int,
-    num_classes: int,
-    sharding: jax.sharding.Sharding,
+  config: ml_collections.ConfigDict,
+  model: nn.Module,
+  num_train: int,
+  num_classes: int,
+  sharding: jax.sharding.Sharding,
 ) -> TrainState:
   """A fresh train state, placed with `sharding` (replicated)."""
   size = config.data.image_size
@@ -314,14 +316,14 @@ def create_train_state(
     params = variables['params']
     backbone, heads = split_params(params)
     return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=variables.get('batch_stats', {}),
-        opt_state={BACKBONE: tx.init(backbone), 'heads': tx.init(heads)},
-        history=hist.init(num_sources, num_train, config.history.length, num_classes),
-        plateau=make_plateau(config).init(jnp.zeros(())),
-        best_metric=jnp.full((), -jnp.inf, jnp.float32),
-        rng=jax.random.key_data(jax.random.fold_in(key, 1)),
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=variables.get('batch_stats', {}),
+      opt_state={BACKBONE: tx.init(backbone), 'heads': tx.init(heads)},
+      history=hist.init(num_sources, num_train, config.history.length, num_classes),
+      plateau=make_plateau(config).init(jnp.zeros(())),
+      best_metric=jnp.full((), -jnp.inf, jnp.float32),
+      rng=jax.random.key_data(jax.random.fold_in(key, 1)),
     )
 
   return jax.jit(init, out_shardings=sharding)()
@@ -337,10 +339,12 @@ def load_pretrained(state: TrainState, path: str) -> TrainState:
   params[BACKBONE] = _checked_replace(state.params[BACKBONE], backbone['params'], path)
   if BACKBONE in state.batch_stats:
     batch_stats[BACKBONE] = _checked_replace(
-        state.batch_stats[BACKBONE], backbone['batch_stats'], path
+      state.batch_stats[BACKBONE], backbone['batch_stats'], path
     )
   n = sum(x.size for x in jax.tree.leaves(backbone['params']))
-  logging.info('Loaded pretrained backbone from %s (%d parameters); heads keep their init.', path, n)
+  logging.info(
+    'Loaded pretrained backbone from %s (%d parameters); heads keep their init.', path, n
+  )
   return state.replace(params=params, batch_stats=batch_stats)
 
 
@@ -351,31 +355,33 @@ def _checked_replace(current, loaded, path):
   for a, b in zip(jax.tree.leaves(current), jax.tree.leaves(loaded), strict=True):
     if a.shape != b.shape:
       raise ValueError(f'{path}: shape {b.shape} in the file, {a.shape} in the model.')
-  return jax.tree.map(lambda a, b: jax.device_put(jnp.asarray(b, a.dtype), a.sharding), current, loaded)
+  return jax.tree.map(
+    lambda a, b: jax.device_put(jnp.asarray(b, a.dtype), a.sharding), current, loaded
+  )
 
 
 # --- Evaluation ---------------------------------------------------------------------
 
 
 def evaluate(
-    state: TrainState,
-    p_eval_step: Callable,
-    builder,
-    config: ml_collections.ConfigDict,
-    split: str,
-    info: input_pipeline.DatasetInfo,
-    data_sharding: jax.sharding.Sharding,
+  state: TrainState,
+  p_eval_step: Callable,
+  builder,
+  config: ml_collections.ConfigDict,
+  split: str,
+  info: input_pipeline.DatasetInfo,
+  data_sharding: jax.sharding.Sharding,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """Metrics over every example of `split`; also returns the gathered predictions."""
   extra = ('cue_boxes',) if info.has_cue_boxes else ()
   batches, _ = input_pipeline.eval_batches(
-      builder,
-      config.data,
-      split,
-      global_batch=config.eval.batch_size,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
-      extra_keys=extra,
+    builder,
+    config.data,
+    split,
+    global_batch=config.eval.batch_size,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    extra_keys=extra,
   )
   gathered: dict[str, list[np.ndarray]] = {}
   for batch in batches:
@@ -388,7 +394,7 @@ def evaluate(
   if len(np.unique(data['index'])) != len(data['index']):
     raise AssertionError(f'Evaluation of {split} saw an example twice.')
   result = metrics.compute_metrics(
-      data['probs'], data['labels'], info.attribute_names, threshold=config.eval.threshold
+    data['probs'], data['labels'], info.attribute_names, threshold=config.eval.threshold
   )
   result['num_examples'] = int(len(data['index']))
   if 'cue_boxes' in data:
@@ -470,12 +476,141 @@ def _check_finite(window: list[tuple[int, dict]]) -> None:
     if not math.isfinite(values['loss']):
       terms = ', '.join(f'{k}={v:.6g}' for k, v in values.items())
       raise FloatingPointError(
-          f'Non-finite loss at step {step}: {terms}. The last good checkpoint is kept; '
-          'lower optimizer.learning_rate or set optimizer.grad_clip_norm.'
+        f'Non-finite loss at step {step}: {terms}. The last good checkpoint is kept; '
+        'lower optimizer.learning_rate or set optimizer.grad_clip_norm.'
       )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+@dataclasses.dataclass
+class Experiment:
+  """A run's data, model, mesh, fresh state and compiled steps (no I/O to the workdir)."""
+
+  config: ml_collections.ConfigDict
+  builder: Any
+  info: input_pipeline.DatasetInfo
+  mesh: jax.sharding.Mesh
+  replicated: jax.sharding.Sharding
+  data_sharding: jax.sharding.Sharding
+  model: nn.Module
+  state: TrainState
+  steps_per_epoch: int
+  total_steps: int
+  freeze_steps: int
+  train_steps: dict[bool, Callable]  # Compiled train step per stage (frozen or not).
+  eval_step: Callable
+  plateau_update: Callable
+
+  def train_step(self, state: TrainState, batch: dict[str, np.ndarray]):
+    """Runs the compiled step of the stage that `state.step` is in."""
+    frozen = int(state.step) < self.freeze_steps
+    return self.train_steps[frozen](state, _to_global(batch, self.data_sharding))
+
+  def train_batches(self, start_step: int = 0):
+    return input_pipeline.train_batches(
+      self.builder,
+      self.config.data,
+      global_batch=self.config.train.batch_size,
+      seed=self.config.seed,
+      start_step=start_step,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
+
+  def evaluate(self, state: TrainState, split: str):
+    return evaluate(
+      state, self.eval_step, self.builder, self.config, split, self.info, self.data_sharding
+    )
+
+
+def create_experiment(config: ml_collections.ConfigDict, devices=None) -> Experiment:
+  """Prepares the data (process 0), builds the model, state and compiled steps.
+
+  Args:
+    config: the run config.
+    devices: devices of the mesh; default all devices of all processes.
+
+  Returns:
+    The `Experiment`.
+  """
+  builder = input_pipeline.get_builder(config.data)
+  if jax.process_index() == 0:
+    input_pipeline.prepare(builder, config.data)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices('dataset prepared')
+    builder = input_pipeline.get_builder(config.data)
+  info = input_pipeline.get_dataset_info(builder, config.data)
+  num_train = info.split_sizes[config.data.train_split]
+  logging.info(
+    'Dataset %s: %s; %d attributes.', builder.info.full_name, info.split_sizes, info.num_classes
+  )
+
+  mesh = create_mesh(devices)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  global_batch = config.train.batch_size
+  if global_batch % mesh.size or config.eval.batch_size % mesh.size:
+    raise ValueError(
+      f'train.batch_size ({global_batch}) and eval.batch_size ({config.eval.batch_size}) '
+      f'must divide over {mesh.size} devices.'
+    )
+  spe = input_pipeline.steps_per_epoch(num_train, global_batch)
+  total_steps = int(config.train.num_epochs * spe)
+  if config.train.max_steps:
+    total_steps = min(total_steps, config.train.max_steps)
+
+  model = model_lib.create_model(config.model, info.num_classes)
+  state = create_train_state(config, model, num_train, info.num_classes, replicated)
+  w_pos, w_neg = losses.class_weights(info.positive_ratio, config.loss.class_weights)
+  step_kwargs = dict(
+    model=model,
+    config=config,
+    w_pos=jnp.asarray(w_pos, jnp.float32),
+    w_neg=jnp.asarray(w_neg, jnp.float32),
+    lr_fn=make_lr_fn(config, spe),
+    steps_per_epoch=spe,
+    num_sources=num_history_sources(config),
+  )
+  train_steps = {
+    frozen: jax.jit(
+      functools.partial(train_step, freeze_backbone=frozen, **step_kwargs),
+      in_shardings=(replicated, data_sharding),
+      out_shardings=(replicated, replicated),
+      donate_argnums=0,
+    )
+    for frozen in (True, False)
+  }
+  p_eval_step = jax.jit(
+    functools.partial(eval_step, model=model, config=config),
+    in_shardings=(replicated, data_sharding),
+    out_shardings=replicated,
+  )
+  plateau_tx = make_plateau(config)
+  plateau_update = jax.jit(
+    lambda s, v: plateau_tx.update(jnp.zeros(()), s, value=v)[1], out_shardings=replicated
+  )
+  return Experiment(
+    config=config,
+    builder=builder,
+    info=info,
+    mesh=mesh,
+    replicated=replicated,
+    data_sharding=data_sharding,
+    model=model,
+    state=state,
+    steps_per_epoch=spe,
+    total_steps=total_steps,
+    freeze_steps=int(config.train.freeze_backbone_epochs * spe),
+    train_steps=train_steps,
+    eval_step=p_eval_step,
+    plateau_update=plateau_update,
+  )
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, devices=None
+) -> dict[str, Any]:
   """Trains, evaluates every epoch on the validation split, tests the best state.
 
   Re-running with the same workdir resumes from the latest checkpoint.
@@ -483,6 +618,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Args:
     config: the run config (see configs/default.py).
     workdir: where checkpoints, logs, metrics and results go.
+    devices: devices of the mesh; default all.
 
   Returns:
     The final results (also written to workdir/results.json and results.md).
@@ -494,34 +630,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if is_main:
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
 
-  builder = input_pipeline.get_builder(config.data)
-  if is_main:
-    input_pipeline.prepare(builder, config.data)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
-    multihost_utils.sync_global_devices('dataset prepared')
-    builder = input_pipeline.get_builder(config.data)
-  info = input_pipeline.get_dataset_info(builder, config.data)
-  num_train = info.split_sizes[config.data.train_split]
-  logging.info(
-      'Dataset %s: %s; %d attributes.', builder.info.full_name, info.split_sizes, info.num_classes
-  )
-
-  mesh = create_mesh()
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
-  global_batch = config.train.batch_size
-  if global_batch % jax.device_count():
-    raise ValueError(f'train.batch_size {global_batch} must divide over {jax.device_count()} devices.')
-  spe = input_pipeline.steps_per_epoch(num_train, global_batch)
-  total_steps = int(config.train.num_epochs * spe)
-  if config.train.max_steps:
-    total_steps = min(total_steps, config.train.max_steps)
-  freeze_steps = int(config.train.freeze_backbone_epochs * spe)
-
-  model = model_lib.create_model(config.model, info.num_classes)
-  state = create_train_state(config, model, num_train, info.num_classes, replicated)
+  ex = create_experiment(config, devices)
+  state, spe, total_steps = ex.state, ex.steps_per_epoch, ex.total_steps
   ckpt = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints)
   if ckpt.latest_step() is not None:
     state = ckpt.restore(state)
@@ -529,73 +639,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   elif config.model.pretrained:
     state = load_pretrained(state, config.model.pretrained)
 
-  w_pos, w_neg = losses.class_weights(info.positive_ratio, config.loss.class_weights)
-  num_sources = num_history_sources(config)
-  step_kwargs = dict(
-      model=model,
-      config=config,
-      w_pos=jnp.asarray(w_pos, jnp.float32),
-      w_neg=jnp.asarray(w_neg, jnp.float32),
-      lr_fn=make_lr_fn(config, spe),
-      steps_per_epoch=spe,
-      num_sources=num_sources,
-  )
-  p_train_steps = {
-      frozen: jax.jit(
-          functools.partial(train_step, freeze_backbone=frozen, **step_kwargs),
-          in_shardings=(replicated, data_sharding),
-          out_shardings=(replicated, replicated),
-          donate_argnums=0,
-      )
-      for frozen in (True, False)
-  }
-  p_eval_step = jax.jit(
-      functools.partial(eval_step, model=model, config=config),
-      in_shardings=(replicated, data_sharding),
-      out_shardings=replicated,
-  )
-  plateau_tx = make_plateau(config)
-  p_plateau = jax.jit(
-      lambda s, v: plateau_tx.update(jnp.zeros(()), s, value=v)[1], out_shardings=replicated
-  )
-
   writer = _Writer(workdir)
   report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer.clu)
   stop = _Stop()
   step = int(state.step)
-  batches = input_pipeline.train_batches(
-      builder,
-      config.data,
-      global_batch=global_batch,
-      seed=config.seed,
-      start_step=step,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
-  )
+  batches = ex.train_batches(start_step=step)
   collection = None
   window: list[tuple[int, dict]] = []
   logging.info(
-      'Training %d steps (%d per epoch, backbone frozen for the first %d) on %d devices.',
-      total_steps,
-      spe,
-      freeze_steps,
-      jax.device_count(),
+    'Training steps %d..%d (%d per epoch, backbone frozen for the first %d) on %d devices.',
+    step,
+    total_steps,
+    spe,
+    ex.freeze_steps,
+    ex.mesh.size,
   )
   try:
     while step < total_steps:
-      frozen = step < freeze_steps
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        batch = _to_global(next(batches), data_sharding)
-        state, step_metrics = p_train_steps[frozen](state, batch)
+        state, step_metrics = ex.train_step(state, next(batches))
       step += 1
       window.append((step, step_metrics))
-      cls = train_metrics_collection(tuple(sorted(k for k in step_metrics if k.startswith('attention') or k == 'primary')))
-      update = cls.single_from_model_output(**step_metrics)
+      update = train_metrics_collection(tuple(sorted(step_metrics))).single_from_model_output(
+        **step_metrics
+      )
       collection = update if collection is None else collection.merge(update)
       report(step)
 
-      end_of_epoch = step % spe == 0 or step == total_steps
-      if step % config.train.log_every_steps == 0 or end_of_epoch:
+      end_of_epoch = step % spe == 0
+      if step % config.train.log_every_steps == 0 or end_of_epoch or step == total_steps:
         _check_finite(window)
         window = []
         summary = {f'train/{k}': v for k, v in collection.compute().items()}
@@ -603,32 +675,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.scalars(step, summary)
         collection = None
 
-      if end_of_epoch:
-        epoch = math.ceil(step / spe)
-        if epoch % config.eval.every_epochs == 0 or step == total_steps:
-          with report.timed('eval'):
-            result, _ = evaluate(
-                state, p_eval_step, builder, config, config.data.eval_split, info, data_sharding
-            )
-          value = _selection_value(result, config)
-          writer.scalars(step, {f'val/{k}': v for k, v in _flat_scalars(result).items()})
-          if config.schedule.name == 'plateau':
-            state = state.replace(plateau=p_plateau(state.plateau, jnp.asarray(-value)))
-          if value > float(state.best_metric):
-            state = state.replace(best_metric=jnp.asarray(value, jnp.float32))
-            ckpt.save_best(step, state, value)
-            logging.info('Step %d: new best validation %s = %.4f', step, config.eval.metric, value)
+      if end_of_epoch and (step // spe) % config.eval.every_epochs == 0:
+        with report.timed('eval'):
+          result, _ = ex.evaluate(state, config.data.eval_split)
+        value = _selection_value(result, config)
+        writer.scalars(step, {f'val/{k}': v for k, v in _flat_scalars(result).items()})
+        if config.schedule.name == 'plateau':
+          state = state.replace(plateau=ex.plateau_update(state.plateau, jnp.asarray(-value)))
+        if value > float(state.best_metric):
+          state = state.replace(best_metric=jnp.asarray(value, jnp.float32))
+          ckpt.save_best(step, state, value)
+          logging.info('Step %d: new best validation %s = %.4f', step, config.eval.metric, value)
 
+      preempted = stop.signal is not None or ckpt.reached_preemption(step)
       if (
-          step % config.train.checkpoint_every_steps == 0
-          or end_of_epoch
-          or stop.signal is not None
-          or ckpt.reached_preemption(step)
+        step % config.train.checkpoint_every_steps == 0
+        or end_of_epoch
+        or step == total_steps
+        or preempted
       ):
         _check_finite(window)
         window = []
         ckpt.save(step, state)
-      if stop.signal is not None or ckpt.reached_preemption(step):
+      if preempted:
         ckpt.wait()
         logging.warning('Stopped at step %d after checkpointing; re-run to resume.', step)
         raise SystemExit(128 + (stop.signal or signal.SIGTERM))
@@ -636,20 +705,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     stop.restore()
     ckpt.wait()
 
-  # Test the best state once, at the end.
-  results = {'workdir': str(workdir), 'dataset': builder.info.full_name, 'steps': step}
+  # Test the best state once, at the end (the current one if no epoch finished).
+  results = {'workdir': str(workdir), 'dataset': ex.builder.info.full_name, 'steps': step}
+  best = state
   if ckpt.best_step() is not None:
     best = ckpt.restore(state, which='best')
     results['best_step'] = int(ckpt.best_step())
-  else:
-    best = state
   with report.timed('test'):
-    results['validation'], _ = evaluate(
-        best, p_eval_step, builder, config, config.data.eval_split, info, data_sharding
-    )
-    results['test'], _ = evaluate(
-        best, p_eval_step, builder, config, config.data.test_split, info, data_sharding
-    )
+    results['validation'], _ = ex.evaluate(best, config.data.eval_split)
+    results['test'], _ = ex.evaluate(best, config.data.test_split)
   results['wall_time_s'] = time.time() - start_time
   writer.scalars(step, {f'test/{k}': v for k, v in _flat_scalars(results['test']).items()})
   writer.close()
@@ -670,21 +734,21 @@ def results_markdown(results: dict[str, Any], config) -> str:
   """The overall and per-attribute test (and validation) metrics as markdown."""
   test, val = results['test'], results['validation']
   lines = [
-      f'# Results: {results["dataset"]}',
-      '',
-      f'Best validation step {results.get("best_step", results["steps"])} of {results["steps"]}; '
-      f'wall time {results["wall_time_s"]:.0f} s.',
-      '',
-      '| split | mAP (voc) | mAP (sklearn) | mA | Acc | Prec | Rec | F1 |',
-      '|---|---|---|---|---|---|---|---|',
+    f'# Results: {results["dataset"]}',
+    '',
+    f'Best validation step {results.get("best_step", results["steps"])} of {results["steps"]}; '
+    f'wall time {results["wall_time_s"]:.0f} s.',
+    '',
+    '| split | mAP (voc) | mAP (sklearn) | mA | Acc | Prec | Rec | F1 |',
+    '|---|---|---|---|---|---|---|---|',
   ]
   for name, r in (('validation', val), ('test', test)):
     cells = ' | '.join(f'{100 * r[k]:.2f}' for k in _flat_scalars(r))
     lines.append(f'| {name} | {cells} |')
   lines += [
-      '',
-      '| attribute (test) | AP (voc) | AP (sklearn) | mA | Prec | Rec | F1 | positives |',
-      '|---|---|---|---|---|---|---|---|',
+    '',
+    '| attribute (test) | AP (voc) | AP (sklearn) | mA | Prec | Rec | F1 | positives |',
+    '|---|---|---|---|---|---|---|---|',
   ]
   for name, r in test['per_attribute'].items():
     vals = [r['ap_voc'], r['ap_sklearn'], r['ma'], r['precision'], r['recall'], r['f1']]

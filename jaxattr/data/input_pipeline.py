@@ -66,39 +66,39 @@ def prepare(builder: tfds.core.DatasetBuilder, data_config: ml_collections.Confi
     return
   logging.info('Preparing %s into %s', builder.info.full_name, builder.data_dir)
   download_config = tfds.download.DownloadConfig(
-      manual_dir=data_config.manual_dir or None,
+    manual_dir=data_config.manual_dir or None,
   )
   builder.download_and_prepare(download_config=download_config)
 
 
 def _encoded(builder: tfds.core.DatasetBuilder, split: str, cache: bool) -> tf.data.Dataset:
   ds = builder.as_dataset(
-      split=split,
-      shuffle_files=False,
-      decoders={'image': tfds.decode.SkipDecoding()},
+    split=split,
+    shuffle_files=False,
+    decoders={'image': tfds.decode.SkipDecoding()},
   )
   return ds.cache() if cache else ds
 
 
 def get_dataset_info(
-    builder: tfds.core.DatasetBuilder, data_config: ml_collections.ConfigDict
+  builder: tfds.core.DatasetBuilder, data_config: ml_collections.ConfigDict
 ) -> DatasetInfo:
   """Attribute names, split sizes and train positive ratios of a prepared dataset."""
   info = builder.info
   names = common.attribute_names(info)
   labels_ds = builder.as_dataset(
-      split=data_config.train_split,
-      shuffle_files=False,
-      decoders={'image': tfds.decode.SkipDecoding()},
+    split=data_config.train_split,
+    shuffle_files=False,
+    decoders={'image': tfds.decode.SkipDecoding()},
   ).map(lambda ex: ex['labels'])
   labels = np.concatenate([b for b in labels_ds.batch(65_536).as_numpy_iterator()])
   known = labels >= 0
   ratio = (labels == 1).sum(0) / np.maximum(known.sum(0), 1)
   return DatasetInfo(
-      attribute_names=names,
-      split_sizes={name: split.num_examples for name, split in info.splits.items()},
-      positive_ratio=ratio.astype(np.float32),
-      has_cue_boxes='cue_boxes' in info.features,
+    attribute_names=names,
+    split_sizes={name: split.num_examples for name, split in info.splits.items()},
+    positive_ratio=ratio.astype(np.float32),
+    has_cue_boxes='cue_boxes' in info.features,
   )
 
 
@@ -129,7 +129,7 @@ def train_preprocess(image: tf.Tensor, seed: tf.Tensor, data_config) -> tf.Tenso
   size = data_config.image_size
   seeds = tf.random.experimental.stateless_split(seed, 4)
   side = tf.random.stateless_uniform(
-      [], seeds[0], data_config.crop_min, data_config.crop_max + 1, dtype=tf.int32
+    [], seeds[0], data_config.crop_min, data_config.crop_max + 1, dtype=tf.int32
   )
   side_f = tf.cast(side, tf.float32)
   room = r - side_f
@@ -169,21 +169,21 @@ def steps_per_epoch(num_examples: int, global_batch: int) -> int:
   steps = num_examples // global_batch
   if steps == 0:
     raise ValueError(
-        f'The train split has {num_examples} examples, fewer than one global batch '
-        f'of {global_batch}: lower train.batch_size.'
+      f'The train split has {num_examples} examples, fewer than one global batch '
+      f'of {global_batch}: lower train.batch_size.'
     )
   return steps
 
 
 def train_batches(
-    builder: tfds.core.DatasetBuilder,
-    data_config: ml_collections.ConfigDict,
-    *,
-    global_batch: int,
-    seed: int,
-    start_step: int = 0,
-    process_index: int = 0,
-    process_count: int = 1,
+  builder: tfds.core.DatasetBuilder,
+  data_config: ml_collections.ConfigDict,
+  *,
+  global_batch: int,
+  seed: int,
+  start_step: int = 0,
+  process_index: int = 0,
+  process_count: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Endless per-process train batches, starting at global step `start_step`.
 
@@ -216,15 +216,17 @@ def train_batches(
     ds = ds.shard(process_count, process_index)
 
     def prepare_example(ex, epoch=epoch):
-      example_seed = tf.stack([
+      example_seed = tf.stack(
+        [
           tf.cast(seed * 7919 + epoch, tf.int32),
           tf.cast(ex['index'], tf.int32),
-      ])
+        ]
+      )
       image = train_preprocess(decode(ex['image']), example_seed, data_config)
       return {
-          'image': image,
-          'labels': ex['labels'],
-          'index': tf.cast(ex['index'], tf.int32),
+        'image': image,
+        'labels': ex['labels'],
+        'index': tf.cast(ex['index'], tf.int32),
       }
 
     ds = ds.map(prepare_example, num_parallel_calls=data_config.num_parallel_calls)
@@ -234,14 +236,14 @@ def train_batches(
 
 
 def eval_batches(
-    builder: tfds.core.DatasetBuilder,
-    data_config: ml_collections.ConfigDict,
-    split: str,
-    *,
-    global_batch: int,
-    process_index: int = 0,
-    process_count: int = 1,
-    extra_keys: tuple[str, ...] = (),
+  builder: tfds.core.DatasetBuilder,
+  data_config: ml_collections.ConfigDict,
+  split: str,
+  *,
+  global_batch: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  extra_keys: tuple[str, ...] = (),
 ) -> tuple[Iterator[dict[str, np.ndarray]], int]:
   """Every example of `split` exactly once, in padded per-process batches.
 
@@ -268,10 +270,10 @@ def eval_batches(
 
   def prepare_example(ex):
     out = {
-        'image': eval_preprocess(decode(ex['image']), data_config),
-        'labels': ex['labels'],
-        'index': tf.cast(ex['index'], tf.int32),
-        'mask': tf.constant(True),
+      'image': eval_preprocess(decode(ex['image']), data_config),
+      'labels': ex['labels'],
+      'index': tf.cast(ex['index'], tf.int32),
+      'mask': tf.constant(True),
     }
     out.update({k: ex[k] for k in extra_keys})
     return out
@@ -286,9 +288,7 @@ def eval_batches(
       count += 1
     spec = ds.element_spec
     while count < num_batches:  # This process ran out earlier than others.
-      yield {
-          k: np.zeros((local_batch, *s.shape), s.dtype.as_numpy_dtype) for k, s in spec.items()
-      }
+      yield {k: np.zeros((local_batch, *s.shape), s.dtype.as_numpy_dtype) for k, s in spec.items()}
       count += 1
 
   return batches(), num_batches
@@ -298,4 +298,6 @@ def _pad(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
   n = len(batch['mask'])
   if n == size:
     return batch
-  return {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+  return {
+    k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()
+  }
