@@ -9,7 +9,8 @@ always ignores unknown labels.
 - `label_based` / `example_based`: the PETA / PA-100K / RAP protocol (strict
   `p > threshold`, eps = 1e-20).
 - `compute_metrics`: all of the above as a JSON-serialisable dict.
-- `pointing_game`: localisation accuracy of attention masks against boxes.
+- `pointing_game` / `pointing_game_cells`: localisation accuracy of attention masks
+  (or of their argmax cells) against boxes.
 - `EvalOutputs` / `gather`: collect eval-step outputs over (padded) batches on the
   host and drop the padding exactly; `make_train_metrics`: clu averages of the
   loss terms.
@@ -265,9 +266,8 @@ def pointing_game(
   For every positive (label == 1) pair (image n, attribute c), take the argmax
   cell (i, j) of `masks[n, :, :, c]` (the first in row-major order on ties). It
   is a hit when the cell, as the rectangle [i/H, (i+1)/H] x [j/W, (j+1)/W] of
-  normalised coordinates, overlaps the box [ymin, xmin, ymax, xmax] with a
-  positive-length overlap on both axes (open intervals: a cell that only touches
-  the box edge is a miss; a degenerate point box counts when strictly inside).
+  normalised coordinates, overlaps the box; see `pointing_game_cells` for the
+  overlap rule.
 
   Args:
     masks: float [N, H, W, C] attention maps.
@@ -278,13 +278,39 @@ def pointing_game(
     (accuracy [C] = hits / positives, nan where an attribute has no positive;
      counts [C] int, the number of positives scored).
   """
-  masks, boxes, labels = np.asarray(masks), np.asarray(boxes), np.asarray(labels)
+  masks = np.asarray(masks)
   n, h, w, c = masks.shape
-  flat = masks.reshape(n, h * w, c)
-  cell = np.argmax(flat, axis=1)  # [N, C]
+  cell = np.argmax(masks.reshape(n, h * w, c), axis=1)  # [N, C]
   row, col = cell // w, cell % w
-  ymin, xmin, ymax, xmax = (boxes[..., k] for k in range(4))
-  hit = (row / h < ymax) & ((row + 1) / h > ymin) & (col / w < xmax) & ((col + 1) / w > xmin)
+  cells = np.stack([row / h, col / w, (row + 1) / h, (col + 1) / w], axis=-1)
+  return pointing_game_cells(cells, boxes, labels)
+
+
+def pointing_game_cells(
+  cells: np.ndarray, boxes: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+  """Pointing-game accuracy from precomputed argmax cells, per attribute.
+
+  For a run that reduces the masks to their argmax cell on device (so the host
+  never gathers full masks). A positive (label == 1) pair is a hit when the cell
+  overlaps the box with a positive-length overlap on both axes (open intervals:
+  a cell that only touches the box edge is a miss; a degenerate point box counts
+  when strictly inside the cell).
+
+  Args:
+    cells: float [N, C, 4] normalised [ymin, xmin, ymax, xmax] of each
+      attribute's argmax cell.
+    boxes: float [N, C, 4] normalised [ymin, xmin, ymax, xmax] in [0, 1].
+    labels: int [N, C]; only entries equal to 1 are scored.
+
+  Returns:
+    (accuracy [C] = hits / positives, nan where an attribute has no positive;
+     counts [C] int, the number of positives scored).
+  """
+  cells, boxes, labels = np.asarray(cells), np.asarray(boxes), np.asarray(labels)
+  c_ymin, c_xmin, c_ymax, c_xmax = (cells[..., k] for k in range(4))
+  b_ymin, b_xmin, b_ymax, b_xmax = (boxes[..., k] for k in range(4))
+  hit = (c_ymin < b_ymax) & (c_ymax > b_ymin) & (c_xmin < b_xmax) & (c_xmax > b_xmin)
   positive = labels == 1
   counts = positive.sum(axis=0)
   hits = (hit & positive).sum(axis=0)

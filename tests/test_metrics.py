@@ -246,6 +246,27 @@ def test_pointing_game_by_hand():
   assert np.isnan(accuracy[2])
 
 
+def test_pointing_game_cells_by_hand():
+  labels = np.array([[1, 1], [1, 0]])
+  boxes = np.array(
+    [
+      [[0.0, 0.0, 0.5, 0.5], [0.2, 0.2, 0.4, 0.4]],
+      [[0.5, 0.5, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]],
+    ]
+  )
+  cells = np.array(
+    [
+      # Overlaps [0, .5]^2 on [.25, .5]^2: hit. Disjoint from [.2, .4]^2: miss.
+      [[0.25, 0.25, 0.75, 0.75], [0.5, 0.5, 1.0, 1.0]],
+      # Touches the box only at the corner (.5, .5): miss. Label 0: not scored.
+      [[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.5, 0.5]],
+    ]
+  )
+  accuracy, counts = metrics.pointing_game_cells(cells, boxes, labels)
+  np.testing.assert_array_equal(counts, [2, 1])
+  np.testing.assert_allclose(accuracy, [0.5, 0.0])
+
+
 # --- clu collections -------------------------------------------------------------
 
 
