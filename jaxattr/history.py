@@ -56,16 +56,16 @@ def num_sources(levels_count: int, aggregation: str, source: str) -> int:
     source: `config.history.source`, 'attention' or 'aggregate'.
 
   Returns:
-    S: 1 for 'aggregate'; for 'attention', the number of attention classifiers
-    (`levels_count` for score aggregation, 1 for feature aggregation, 0 without
-    attention).
+    S: 0 without attention (no attention loss reads a history); otherwise 1 for
+    'aggregate' and, for 'attention', the number of attention classifiers
+    (`levels_count` for score aggregation, 1 for feature aggregation).
   """
-  if source == 'aggregate':
-    return 1
-  if source != 'attention':
+  if source not in SOURCES:
     raise ValueError(f'history source must be one of {SOURCES}, got {source!r}')
   if levels_count == 0:
     return 0
+  if source == 'aggregate':
+    return 1
   return levels_count if aggregation == 'score' else 1
 
 

@@ -166,5 +166,6 @@ def test_source_probs_and_num_sources():
   assert history.num_sources(2, 'feature_maxpool', 'attention') == 1
   assert history.num_sources(0, 'score', 'attention') == 0
   assert history.num_sources(2, 'score', 'aggregate') == 1
+  assert history.num_sources(0, 'score', 'aggregate') == 0
   with pytest.raises(ValueError):
     history.num_sources(2, 'score', 'both')
