@@ -1,0 +1,223 @@
+"""RAP v2 (Li et al., TIP 2019) from the user's manual download.
+
+`<root>/RAP_dataset/<image names>` and `<root>/RAP_annotation/RAP_annotation.mat`
+(struct `RAP_annotation`: `name` 84,928 names, `attribute` 152 names, `data`
+84,928 x 152 labels with 2 = uncertain, `selected_attribute` 54 1-based columns,
+`partition_attribute` 5 partitions of 1-based `train_index` / `val_index` /
+`test_index`). Builder configs `partition0` ... `partition4` (default
+`partition0`); the 54 selected attributes in the file's selection order, labels
+1 / 0 and 2 -> -1 (unknown). `index` follows the partition's order; `image_id`
+is `RAP_dataset/<name>`.
+
+The attribute names are those of the user's RAP_annotation.mat, so they are
+read from it (see `manual.ManualDirBuilder`, NAMES_FROM_DATA): build with the
+manual dir given to `download_and_prepare` (or to the constructor).
+
+Images are stored as PNG, the format of the release (byte for byte when the
+source is an RGB PNG): re-encoding these small crops as JPEG would lose detail
+for no gain.
+"""
+
+import dataclasses
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jaxattr.data import manual
+from jaxattr.data.common import DataError
+
+HOMEPAGE = 'http://www.rapdataset.com/'
+SOURCE = f'RAP (Richly Annotated Pedestrian) v2, {HOMEPAGE}'
+NUM_PARTITIONS = 5
+ANNOTATION = 'RAP_annotation/RAP_annotation.mat'
+IMAGE_DIR = 'RAP_dataset'
+# Split -> field of a partition struct.
+_PARTITION_FIELDS = {'train': 'train_index', 'validation': 'val_index', 'test': 'test_index'}
+# 2 in `data` means the annotator was not sure.
+_UNCERTAIN = 2
+
+_LAYOUT = """\
+<manual_dir>/RAP_dataset/<image names from RAP_annotation.name>
+<manual_dir>/RAP_annotation/RAP_annotation.mat
+    (struct RAP_annotation: name, attribute, data, selected_attribute, partition_attribute)"""
+
+
+class Rap2Annotation(NamedTuple):
+  """The contents of RAP_annotation.mat that the builder uses."""
+
+  attribute_names: list[str]  # The selected attributes, in selection order.
+  image_names: list[str]  # Row -> file name under RAP_dataset/.
+  labels: np.ndarray  # int8 [rows, selected]: 1 / 0 / -1 (uncertain).
+  # Partitions: split ('train' / 'validation' / 'test') -> 0-based rows.
+  partitions: list[dict[str, np.ndarray]]
+
+
+def read_rap2_mat(path: Path) -> Rap2Annotation:
+  """Reads RAP v2's RAP_annotation.mat.
+
+  Args:
+    path: the RAP_annotation.mat file.
+
+  Returns:
+    A `Rap2Annotation`; partition indices converted to 0-based rows.
+
+  Raises:
+    DataError: naming the file and the field if anything is malformed.
+  """
+  contents = manual.load_mat(path)
+  if 'RAP_annotation' not in contents:
+    raise DataError(f'{path}: no variable "RAP_annotation" (variables: {sorted(contents)}).')
+  rap = contents['RAP_annotation']
+  names = manual.mat_strings(manual.mat_field(rap, 'name', path), path, 'RAP_annotation.name')
+  attributes = manual.mat_strings(
+    manual.mat_field(rap, 'attribute', path), path, 'RAP_annotation.attribute'
+  )
+  data = manual.mat_matrix(
+    manual.mat_field(rap, 'data', path),
+    path,
+    'RAP_annotation.data',
+    (len(names), len(attributes)),
+  )
+  selected = manual.mat_ints(
+    manual.mat_field(rap, 'selected_attribute', path), path, 'RAP_annotation.selected_attribute'
+  )
+  if selected.size == 0 or selected.min() < 1 or selected.max() > len(attributes):
+    raise DataError(
+      f'{path}: RAP_annotation.selected_attribute must hold 1-based attribute numbers '
+      f'1..{len(attributes)}.'
+    )
+  labels = data[:, selected - 1]
+  manual.check_values(labels, (0, 1, _UNCERTAIN), path, 'RAP_annotation.data (selected columns)')
+  labels = np.where(labels == _UNCERTAIN, -1, labels).astype(np.int8)
+
+  partition_cell = manual.mat_field(rap, 'partition_attribute', path)
+  if not isinstance(partition_cell, np.ndarray) or partition_cell.dtype != object:
+    raise DataError(f'{path}: RAP_annotation.partition_attribute should be a cell of structs.')
+  partitions = []
+  for p, struct in enumerate(partition_cell.reshape(-1, order='F')):
+    partition = {}
+    for split, field in _PARTITION_FIELDS.items():
+      what = f'RAP_annotation.partition_attribute{{{p + 1}}}.{field}'
+      rows = manual.mat_ints(manual.mat_field(struct, field, path), path, what)
+      if rows.size and (rows.min() < 1 or rows.max() > len(names)):
+        raise DataError(f'{path}: {what} must hold 1-based rows 1..{len(names)}.')
+      partition[split] = rows - 1
+    partitions.append(partition)
+  return Rap2Annotation(
+    attribute_names=[attributes[c - 1] for c in selected],
+    image_names=names,
+    labels=labels,
+    partitions=partitions,
+  )
+
+
+@dataclasses.dataclass(eq=False)
+class Rap2Config(tfds.core.BuilderConfig):
+  """Which of the five official partitions.
+
+  Attributes:
+    partition: 0..4.
+  """
+
+  partition: int = 0
+
+
+class Rap2(manual.ManualDirBuilder):
+  """RAP v2, the 54 selected attributes, one of five partitions."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Partitions 0-4, 54 selected attributes, 2 -> unknown.'}
+  BUILDER_CONFIGS = [
+    Rap2Config(name=f'partition{p}', description=f'Official partition {p}.', partition=p)
+    for p in range(NUM_PARTITIONS)
+  ]
+  DEFAULT_BUILDER_CONFIG_NAME = 'partition0'
+  DISPLAY_NAME = 'RAP v2'
+  SOURCE = SOURCE
+  LAYOUT = _LAYOUT
+  NAMES_FROM_DATA = True
+
+  def __init__(self, **kwargs: Any):
+    """Creates the builder; see `ManualDirBuilder` for the arguments."""
+    self._annotation: tuple[Path, Rap2Annotation] | None = None
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return manual.make_info(
+      self,
+      self._attribute_names(),
+      description=__doc__,
+      homepage=HOMEPAGE,
+      citation=(
+        '@article{li2019richly, title={A Richly Annotated Pedestrian Dataset for Person '
+        'Retrieval in Real Surveillance Scenarios}, author={Li, Dangwei and Zhang, Zhang '
+        'and Chen, Xiaotang and Huang, Kaiqi}, journal={IEEE TIP}, year={2019}}'
+      ),
+      encoding_format='png',
+    )
+
+  def _load(self, root: Path) -> Rap2Annotation:
+    """The parsed annotation under `root` (parsed once per builder)."""
+    mat_path = root / ANNOTATION
+    if self._annotation is None or self._annotation[0] != mat_path:
+      missing = []
+      if not root.is_dir() or not any(root.iterdir()):
+        missing.append(f'{root} (the folder does not exist or is empty)')
+      else:
+        if not mat_path.is_file():
+          missing.append(f'{mat_path} (annotation file)')
+        if not (root / IMAGE_DIR).is_dir():
+          missing.append(f'{root / IMAGE_DIR} (folder of images)')
+      if missing:
+        raise self._error(root, missing)
+      self._annotation = (mat_path, read_rap2_mat(mat_path))
+    return self._annotation[1]
+
+  def _read_attribute_names(self, root: Path) -> list[str]:
+    return self._load(root).attribute_names
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
+    root = self._manual_root(dl_manager)
+    annotation = self._load(root)
+    if annotation.attribute_names != self._attribute_names():
+      raise DataError(
+        f'{root / ANNOTATION}: selected attributes {annotation.attribute_names} differ from '
+        f'the ones this builder was set up with ({self._attribute_names()}).'
+      )
+    partition = self.builder_config.partition
+    if partition >= len(annotation.partitions):
+      raise DataError(
+        f'{root / ANNOTATION}: has {len(annotation.partitions)} partitions, not {partition + 1}.'
+      )
+    rows = annotation.partitions[partition]
+    self._require_images(
+      root,
+      [root / IMAGE_DIR / annotation.image_names[r] for split in rows.values() for r in split],
+    )
+    return {
+      split: self._generate_examples(root, split, annotation, split_rows)
+      for split, split_rows in rows.items()
+    }
+
+  def _generate_examples(
+    self, root: Path, split: str, annotation: Rap2Annotation, rows: np.ndarray
+  ):
+    index = 0
+    for row in rows:
+      image_id = f'{IMAGE_DIR}/{annotation.image_names[row]}'
+      loaded = self._read_image(split, root / image_id, image_id)
+      if loaded is None:
+        continue
+      yield (
+        index,
+        {
+          'image': manual.stored_bytes(*loaded, 'png'),
+          'labels': annotation.labels[row],
+          'index': index,
+          'image_id': image_id,
+        },
+      )
+      index += 1
+    self._report_bad_images(split, index)
