@@ -33,7 +33,6 @@ import optax
 import optax.contrib
 from absl import logging
 from clu import metric_writers, periodic_actions
-from clu import metrics as clu_metrics
 from flax import linen as nn
 
 from jaxattr import checkpoints, losses, metrics
@@ -123,24 +122,17 @@ def make_lr_fn(config: ml_collections.ConfigDict, steps_per_epoch: int) -> Calla
 
 
 def num_history_sources(config: ml_collections.ConfigDict) -> int:
-  """How many prediction histories the run keeps (0 for the primary-only model)."""
-  levels = tuple(config.model.attention.levels)
-  if not levels:
-    return 0
-  if config.history.source == 'aggregate':
-    return 1
-  return len(levels) if config.model.attention.aggregation == 'score' else 1
+  """How many prediction histories the run keeps."""
+  attention = config.model.attention
+  return hist.num_sources(len(attention.levels), attention.aggregation, config.history.source)
 
 
 def history_std(state_history, indices, num_sources) -> jax.Array:
   return hist.std(state_history, indices) if num_sources else jnp.zeros((0, indices.shape[0], 1))
 
 
-@functools.lru_cache
-def train_metrics_collection(term_names: tuple[str, ...]) -> type[clu_metrics.Collection]:
-  """A clu Collection averaging the loss, its terms and the lr over steps."""
-  names = ('loss', *term_names, 'learning_rate')
-  return clu_metrics.Collection.create(**{n: clu_metrics.Average.from_output(n) for n in names})
+# One clu Collection class per set of loss terms (a new class per step would not merge).
+_train_metrics = functools.lru_cache(metrics.make_train_metrics)
 
 
 # --- Steps ----------------------------------------------------------------------
@@ -406,7 +398,7 @@ def pointing_game(data, names) -> dict[str, Any]:
   """Pointing-game accuracy per attention level and attribute (synthetic data)."""
   out = {}
   for key in sorted(k for k in data if k.startswith('cells_')):
-    hits, counts = metrics.pointing_game(data[key], data['cue_boxes'], data['labels'])
+    hits, counts = metrics.pointing_game_cells(data[key], data['cue_boxes'], data['labels'])
     per_attr = {n: (float(x) if c else None) for n, x, c in zip(names, hits, counts, strict=True)}
     valid = counts > 0
     overall = float(np.sum(hits[valid] * counts[valid]) / max(counts[valid].sum(), 1))
@@ -660,9 +652,7 @@ def train_and_evaluate(
         state, step_metrics = ex.train_step(state, next(batches))
       step += 1
       window.append((step, step_metrics))
-      update = train_metrics_collection(tuple(sorted(step_metrics))).single_from_model_output(
-        **step_metrics
-      )
+      update = _train_metrics(tuple(sorted(step_metrics))).single_from_model_output(**step_metrics)
       collection = update if collection is None else collection.merge(update)
       report(step)
 

@@ -14,6 +14,7 @@ The attribute names travel in `info.metadata['attribute_names']`.
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 
@@ -22,9 +23,9 @@ class DataError(ValueError):
 
 
 def canonical_features(
-    num_classes: int,
-    extra: Mapping[str, tfds.features.FeatureConnector] | None = None,
-    encoding_format: str = 'jpeg',
+  num_classes: int,
+  extra: Mapping[str, tfds.features.FeatureConnector] | None = None,
+  encoding_format: str = 'jpeg',
 ) -> tfds.features.FeaturesDict:
   """The features of the canonical example, plus dataset-specific extras.
 
@@ -37,32 +38,32 @@ def canonical_features(
     A `tfds.features.FeaturesDict`.
   """
   features = {
-      'image': tfds.features.Image(shape=(None, None, 3), encoding_format=encoding_format),
-      'labels': tfds.features.Tensor(shape=(num_classes,), dtype='int8'),
-      'index': tfds.features.Scalar(dtype='int64'),
-      'image_id': tfds.features.Text(),
+    'image': tfds.features.Image(shape=(None, None, 3), encoding_format=encoding_format),
+    'labels': tfds.features.Tensor(shape=(num_classes,), dtype=np.int8),
+    'index': tfds.features.Scalar(dtype=np.int64),
+    'image_id': tfds.features.Text(),
   }
   features.update(extra or {})
   return tfds.features.FeaturesDict(features)
 
 
 def make_info(
-    builder: tfds.core.DatasetBuilder,
-    attribute_names: Sequence[str],
-    description: str,
-    homepage: str = '',
-    citation: str = '',
-    extra_features: Mapping[str, tfds.features.FeatureConnector] | None = None,
-    encoding_format: str = 'jpeg',
+  builder: tfds.core.DatasetBuilder,
+  attribute_names: Sequence[str],
+  description: str,
+  homepage: str = '',
+  citation: str = '',
+  extra_features: Mapping[str, tfds.features.FeatureConnector] | None = None,
+  encoding_format: str = 'jpeg',
 ) -> tfds.core.DatasetInfo:
   """A `DatasetInfo` with the canonical features and the attribute names."""
   return tfds.core.DatasetInfo(
-      builder=builder,
-      description=description,
-      features=canonical_features(len(attribute_names), extra_features, encoding_format),
-      homepage=homepage,
-      citation=citation,
-      metadata=tfds.core.MetadataDict(attribute_names=list(attribute_names)),
+    builder=builder,
+    description=description,
+    features=canonical_features(len(attribute_names), extra_features, encoding_format),
+    homepage=homepage,
+    citation=citation,
+    metadata=tfds.core.MetadataDict(attribute_names=list(attribute_names)),
   )
 
 

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxattr.data import manual
+from jaxattr.data import common, manual
 from jaxattr.data.common import DataError
 
 SPLITS = ('train', 'validation', 'test')
@@ -192,7 +192,7 @@ class CustomAttributes(manual.ManualDirBuilder):
   NAMES_FROM_DATA = True
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return manual.make_info(
+    return common.make_info(
       self,
       self._attribute_names(),
       description=__doc__,

@@ -17,7 +17,6 @@ TFDS `manual_dir`. This module holds what all those builders share:
 """
 
 import dataclasses
-import inspect
 import io
 import json
 import os
@@ -29,7 +28,6 @@ import numpy as np
 import scipy.io
 import tensorflow_datasets as tfds
 from absl import logging
-from etils import epath
 from PIL import Image
 from tensorflow_datasets.core import constants
 
@@ -90,54 +88,6 @@ def find_first(root: Path, relative_paths: Iterable[str]) -> Path | None:
     if candidate.exists():
       return candidate
   return None
-
-
-def make_info(
-  builder: tfds.core.DatasetBuilder,
-  attribute_names: Sequence[str],
-  description: str,
-  homepage: str = '',
-  citation: str = '',
-  encoding_format: str = 'jpeg',
-) -> tfds.core.DatasetInfo:
-  """`common.make_info` for these builders: the canonical features and the names.
-
-  It builds the same features as `common.canonical_features`, with NumPy dtypes:
-  that function passes the strings 'int8' / 'int64', which TFDS 4.9.10 rejects
-  (`TypeError: type int8 (<class 'str'>) not recognized`). Once common.py is
-  fixed this can return `common.make_info(...)` unchanged.
-
-  Args:
-    builder: the builder.
-    attribute_names: the C attribute names, stored in `metadata['attribute_names']`.
-    description: dataset description.
-    homepage: official page.
-    citation: BibTeX.
-    encoding_format: how images are stored ('jpeg' or 'png').
-
-  Returns:
-    A `tfds.core.DatasetInfo`.
-  """
-  features = tfds.features.FeaturesDict(
-    {
-      'image': tfds.features.Image(shape=(None, None, 3), encoding_format=encoding_format),
-      'labels': tfds.features.Tensor(shape=(len(attribute_names),), dtype=np.int8),
-      'index': tfds.features.Scalar(dtype=np.int64),
-      'image_id': tfds.features.Text(),
-    }
-  )
-  return tfds.core.DatasetInfo(
-    builder=builder,
-    description=description,
-    features=features,
-    homepage=homepage,
-    citation=citation,
-    metadata=tfds.core.MetadataDict(attribute_names=list(attribute_names)),
-  )
-
-
-# ----------------------------------------------------------------------------
-# Images.
 
 
 def read_image(path: os.PathLike | str) -> tuple[bytes, Image.Image]:
@@ -395,18 +345,6 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   SOURCE: ClassVar[str] = ''
   LAYOUT: ClassVar[str] = ''
   NAMES_FROM_DATA: ClassVar[bool] = False
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    """The file that defines the builder.
-
-    TFDS 4.9.10 computes this with an `isinstance` check against the third-party
-    `importlib_resources`, which it only declares as a dependency for Python < 3.9,
-    so on newer Pythons download_and_prepare fails with ModuleNotFoundError. The
-    file path is all TFDS needs (it looks for a checksums file beside it).
-    """
-    return epath.Path(inspect.getfile(cls))
 
   def __init__(
     self,

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxattr.data import manual
+from jaxattr.data import common, manual
 from jaxattr.data.common import DataError
 
 # The 26 attributes of annotation.mat, in its order.
@@ -115,7 +115,7 @@ class Pa100k(manual.ManualDirBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     # The names are fixed by the release, so the builder states them before the
     # file is read (TFDS needs them at construction) and checks them after.
-    return manual.make_info(
+    return common.make_info(
       self,
       ATTRIBUTE_NAMES,
       description=__doc__,

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxattr.data import manual
+from jaxattr.data import common, manual
 from jaxattr.data.common import DataError
 
 # PETA.mat's first 35 attributes: the 35 evaluated by the protocol (and, in this
@@ -275,7 +275,7 @@ class Peta(manual.ManualDirBuilder):
     return _MAT_LAYOUT if self.builder_config.form == 'mat' else _VESPA_LAYOUT
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return manual.make_info(
+    return common.make_info(
       self,
       ATTRIBUTE_NAMES,
       description=__doc__,

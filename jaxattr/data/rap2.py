@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxattr.data import manual
+from jaxattr.data import common, manual
 from jaxattr.data.common import DataError
 
 HOMEPAGE = 'http://www.rapdataset.com/'
@@ -145,7 +145,7 @@ class Rap2(manual.ManualDirBuilder):
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return manual.make_info(
+    return common.make_info(
       self,
       self._attribute_names(),
       description=__doc__,

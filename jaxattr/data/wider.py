@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from jaxattr.data import manual
+from jaxattr.data import common, manual
 from jaxattr.data.common import DataError
 
 ATTRIBUTE_NAMES = (
@@ -169,7 +169,7 @@ class WiderAttribute(manual.ManualDirBuilder):
   LAYOUT = _LAYOUT
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return manual.make_info(
+    return common.make_info(
       self,
       ATTRIBUTE_NAMES,
       description=__doc__,
