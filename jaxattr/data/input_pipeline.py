@@ -109,13 +109,38 @@ def decode(encoded: tf.Tensor) -> tf.Tensor:
   return image
 
 
+def _resize(image: tf.Tensor, size: int, shrink_limit: int) -> tf.Tensor:
+  """Bilinear resize to size², antialiased only where an axis is longer than `shrink_limit`.
+
+  Antialiasing (PIL's bilinear: a triangle filter widened by the shrink factor)
+  costs ~3x a plain bilinear resize, so it is paid only where it matters. With
+  `shrink_limit = size` the result equals the antialiased resize up to float
+  rounding (on an axis that does not shrink both use the same triangle). With
+  `shrink_limit = 2 * size`, shrinks by less than 2x stay plain (bilinear still
+  reads every source pixel) and only stronger ones, which would alias, are filtered.
+  """
+  shrinks = tf.reduce_any(tf.shape(image)[:2] > shrink_limit)
+  return tf.cond(
+    shrinks,
+    lambda: tf.image.resize(image, [size, size], method='bilinear', antialias=True),
+    lambda: tf.image.resize(image, [size, size], method='bilinear'),
+  )
+
+
+def _to_uint8(image: tf.Tensor) -> tf.Tensor:
+  # Rounds half up; the clip only guards against float error at 0 and 255.
+  return tf.cast(tf.clip_by_value(image + 0.5, 0.0, 255.0), tf.uint8)
+
+
 def train_preprocess(image: tf.Tensor, seed: tf.Tensor, data_config) -> tf.Tensor:
   """The paper's train augmentation, on one decoded image.
 
   Resize the crop to resize_size², take a random square of side s ~ U[crop_min,
   crop_max] at a random position, resize it to image_size², flip at random. The
-  first resize and the crop are folded into one `crop_and_resize` from the
-  original image (the same region, one interpolation instead of two).
+  first resize and the crop are folded into one: the window of the original image
+  that the square covers (rounded to whole source pixels, at most half a source
+  pixel off) is sliced out and resized once to image_size² (one interpolation
+  instead of two, and 3x cheaper than `crop_and_resize`).
 
   Args:
     image: uint8 [H, W, 3].
@@ -125,29 +150,47 @@ def train_preprocess(image: tf.Tensor, seed: tf.Tensor, data_config) -> tf.Tenso
   Returns:
     uint8 [image_size, image_size, 3].
   """
-  r = float(data_config.resize_size)
+  r = data_config.resize_size
   size = data_config.image_size
+  if not 0 < data_config.crop_min <= data_config.crop_max <= r:
+    raise ValueError(
+      f'Need 0 < data.crop_min ({data_config.crop_min}) <= data.crop_max '
+      f'({data_config.crop_max}) <= data.resize_size ({r}).'
+    )
   seeds = tf.random.experimental.stateless_split(seed, 4)
   side = tf.random.stateless_uniform(
     [], seeds[0], data_config.crop_min, data_config.crop_max + 1, dtype=tf.int32
   )
   side_f = tf.cast(side, tf.float32)
-  room = r - side_f
+  room = float(r) - side_f
   y0 = tf.floor(tf.random.stateless_uniform([], seeds[1]) * (room + 1.0))
   x0 = tf.floor(tf.random.stateless_uniform([], seeds[2]) * (room + 1.0))
-  box = tf.stack([y0 / r, x0 / r, (y0 + side_f) / r, (x0 + side_f) / r])[None]
-  out = tf.image.crop_and_resize(tf.cast(image, tf.float32)[None], box, [0], [size, size])[0]
+  # The square [y0, y0 + s) x [x0, x0 + s) of the resized image, in source pixels.
+  hw = tf.shape(image)[:2]
+  scale = tf.cast(hw, tf.float32) / float(r)
+  corner = tf.stack([y0, x0])
+  start = tf.minimum(tf.cast(tf.round(corner * scale), tf.int32), hw - 1)
+  end = tf.cast(tf.round((corner + side_f) * scale), tf.int32)
+  extent = tf.clip_by_value(end - start, 1, hw - start)
+  window = tf.slice(image, tf.concat([start, [0]], 0), tf.concat([extent, [3]], 0))
+  out = _to_uint8(_resize(window, size, shrink_limit=2 * size))
   if data_config.random_flip:
     flip = tf.random.stateless_uniform([], seeds[3]) < 0.5
     out = tf.cond(flip, lambda: tf.reverse(out, axis=[1]), lambda: out)
-  return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+  return out
 
 
 def eval_preprocess(image: tf.Tensor, data_config) -> tf.Tensor:
-  """Eval: resize to image_size² (antialiased, as PIL/torchvision resize)."""
-  size = data_config.image_size
-  out = tf.image.resize(image, [size, size], method='bilinear', antialias=True)
-  return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+  """Eval: resize to image_size² (antialiased, as PIL/torchvision resize).
+
+  Args:
+    image: uint8 [H, W, 3].
+    data_config: `config.data`.
+
+  Returns:
+    uint8 [image_size, image_size, 3].
+  """
+  return _to_uint8(_resize(image, data_config.image_size, shrink_limit=data_config.image_size))
 
 
 def normalize(images: jnp.ndarray, data_config, dtype=jnp.float32) -> jnp.ndarray:
