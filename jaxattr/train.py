@@ -492,9 +492,13 @@ class Experiment:
   eval_step: Callable
   plateau_update: Callable
 
-  def train_step(self, state: TrainState, batch: dict[str, np.ndarray]):
-    """Runs the compiled step of the stage that `state.step` is in."""
-    frozen = int(state.step) < self.freeze_steps
+  def train_step(self, state: TrainState, batch: dict[str, np.ndarray], step: int):
+    """Runs the compiled step of the stage that `step` (== state.step) is in.
+
+    The step number comes from the host so choosing the stage never waits for the
+    device (no sync between steps).
+    """
+    frozen = step < self.freeze_steps
     return self.train_steps[frozen](state, _to_global(batch, self.data_sharding))
 
   def train_batches(self, start_step: int = 0):
@@ -649,7 +653,7 @@ def train_and_evaluate(
   try:
     while step < total_steps:
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        state, step_metrics = ex.train_step(state, next(batches))
+        state, step_metrics = ex.train_step(state, next(batches), step)
       step += 1
       window.append((step, step_metrics))
       update = _train_metrics(tuple(sorted(step_metrics))).single_from_model_output(**step_metrics)

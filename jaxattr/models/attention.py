@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxattr.models.resnet import BN_EPSILON, BN_MOMENTUM
+from jaxattr.models.resnet import batch_norm
 
 Array = jax.Array
 Dtype = Any
@@ -55,17 +55,6 @@ def _conv1x1(features: int, use_bias: bool, dtype: Dtype, param_dtype: Dtype, na
     (1, 1),
     padding='VALID',
     use_bias=use_bias,
-    dtype=dtype,
-    param_dtype=param_dtype,
-    name=name,
-  )
-
-
-def _norm(train: bool, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.BatchNorm:
-  return nn.BatchNorm(
-    use_running_average=not train,
-    momentum=BN_MOMENTUM,
-    epsilon=BN_EPSILON,
     dtype=dtype,
     param_dtype=param_dtype,
     name=name,
@@ -103,9 +92,9 @@ class AttentionMask(nn.Module):
     """
     dt, pdt = self.dtype, self.param_dtype
     y = _conv1x1(self.channels, False, dt, pdt, 'conv1')(x)
-    y = nn.relu(_norm(train, dt, pdt, 'bn1')(y))
+    y = nn.relu(batch_norm(train, dt, pdt, 'bn1')(y))
     y = _conv1x1(self.channels, False, dt, pdt, 'conv2')(y)
-    y = nn.relu(_norm(train, dt, pdt, 'bn2')(y))
+    y = nn.relu(batch_norm(train, dt, pdt, 'bn2')(y))
     z = _conv1x1(self.num_classes, True, dt, pdt, 'logits')(y)
     a = spatial_softmax(z)
     if not self.confidence_weighting:
@@ -147,9 +136,9 @@ class AttentionClassifier(nn.Module):
     dt, pdt = self.dtype, self.param_dtype
     c1, c2, c3 = self.channels
     y = _conv1x1(c1, False, dt, pdt, 'conv1')(u)
-    y = nn.relu(_norm(train, dt, pdt, 'bn1')(y))
+    y = nn.relu(batch_norm(train, dt, pdt, 'bn1')(y))
     y = _conv1x1(c2, False, dt, pdt, 'conv2')(y)
-    y = nn.relu(_norm(train, dt, pdt, 'bn2')(y))
+    y = nn.relu(batch_norm(train, dt, pdt, 'bn2')(y))
     # The kernel covers the whole map, so the output is 1x1 at any input size.
     y = nn.Conv(
       c3,
@@ -160,7 +149,7 @@ class AttentionClassifier(nn.Module):
       param_dtype=pdt,
       name='conv3',
     )(y)
-    y = nn.relu(_norm(train, dt, pdt, 'bn3')(y))
+    y = nn.relu(batch_norm(train, dt, pdt, 'bn3')(y))
     y = y.reshape(y.shape[0], c3)
     return nn.Dense(self.num_classes, dtype=dt, param_dtype=pdt, name='fc')(y).astype(jnp.float32)
 

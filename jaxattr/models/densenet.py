@@ -34,8 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxattr.models.resnet import (
-  BN_EPSILON,
-  BN_MOMENTUM,
+  batch_norm,
   global_avg_pool,
   max_pool_3x3_s2,
   scale_channels,
@@ -63,17 +62,6 @@ def _conv(features: int, kernel: int, dtype: Dtype, param_dtype: Dtype, name: st
   )
 
 
-def _norm(train: bool, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.BatchNorm:
-  return nn.BatchNorm(
-    use_running_average=not train,
-    momentum=BN_MOMENTUM,
-    epsilon=BN_EPSILON,
-    dtype=dtype,
-    param_dtype=param_dtype,
-    name=name,
-  )
-
-
 class DenseLayer(nn.Module):
   """BN-ReLU-conv1x1(bottleneck)-BN-ReLU-conv3x3(growth); returns the new features."""
 
@@ -85,9 +73,9 @@ class DenseLayer(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     dt, pdt = self.dtype, self.param_dtype
-    y = nn.relu(_norm(train, dt, pdt, 'norm1')(x))
+    y = nn.relu(batch_norm(train, dt, pdt, 'norm1')(x))
     y = _conv(self.bottleneck, 1, dt, pdt, 'conv1')(y)
-    y = nn.relu(_norm(train, dt, pdt, 'norm2')(y))
+    y = nn.relu(batch_norm(train, dt, pdt, 'norm2')(y))
     return _conv(self.growth_rate, 3, dt, pdt, 'conv2')(y)
 
 
@@ -119,7 +107,7 @@ class Transition(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
-    x = nn.relu(_norm(train, self.dtype, self.param_dtype, 'norm')(x))
+    x = nn.relu(batch_norm(train, self.dtype, self.param_dtype, 'norm')(x))
     x = _conv(self.features, 1, self.dtype, self.param_dtype, 'conv')(x)
     return nn.avg_pool(x, (2, 2), strides=(2, 2), padding='VALID')
 
@@ -148,7 +136,7 @@ class DenseNetFeatures(nn.Module):
       param_dtype=pdt,
       name='conv0',
     )(x)
-    x = nn.relu(_norm(train, dt, pdt, 'norm0')(x))
+    x = nn.relu(batch_norm(train, dt, pdt, 'norm0')(x))
     x = max_pool_3x3_s2(x)
     taps = {}
     last = len(self.block_config) - 1
@@ -160,7 +148,7 @@ class DenseNetFeatures(nn.Module):
         taps['k1'] = x
       if i != last:
         x = Transition(x.shape[-1] // 2, dt, pdt, name=f'transition{i + 1}')(x, train)
-    taps['k2'] = nn.relu(_norm(train, dt, pdt, 'norm5')(x))
+    taps['k2'] = nn.relu(batch_norm(train, dt, pdt, 'norm5')(x))
     return taps
 
 

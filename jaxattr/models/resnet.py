@@ -44,6 +44,26 @@ Dtype = Any
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
+
+def batch_norm(train: bool, dtype: Any, param_dtype: Any, name: str) -> nn.BatchNorm:
+  """torchvision's BatchNorm2d (eps 1e-5, momentum 0.1) in Flax.
+
+  The variance is computed in two passes, E[(x - E[x])^2], not as E[x^2] - E[x]^2
+  (Flax's default): the fast form cancels catastrophically for channels with a
+  small variance, and its error then depends on how the sum is split across
+  devices, so data-parallel runs would drift apart from single-device ones.
+  """
+  return nn.BatchNorm(
+    use_running_average=not train,
+    momentum=BN_MOMENTUM,
+    epsilon=BN_EPSILON,
+    use_fast_variance=False,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    name=name,
+  )
+
+
 # kaiming_normal_(mode='fan_out', nonlinearity='relu') of torchvision's ResNet.
 resnet_conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
@@ -115,14 +135,7 @@ class _Layers:
     )
 
   def norm(self, train: bool, *, name: str) -> nn.BatchNorm:
-    return nn.BatchNorm(
-      use_running_average=not train,
-      momentum=BN_MOMENTUM,
-      epsilon=BN_EPSILON,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      name=name,
-    )
+    return batch_norm(train, self.dtype, self.param_dtype, name)
 
 
 class Downsample(nn.Module):
