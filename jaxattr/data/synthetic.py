@@ -704,21 +704,22 @@ def _paint_head(sc: _Scene) -> None:
     )
   draw.ellipse(_ellipse_box(fig, 0, hv, hu, hv), fill=sc.skin)
   if y['longHair'] or not sc.male or u.chance(0.85):  # Some men are bald.
-    draw.chord(_ellipse_box(fig, 0, hv - 0.02, hu + 0.004, hv - 0.01), 180, 360, fill=sc.hair)
-  eye_v = hv - u(0.0, 0.012)
+    # The hairline stays above the eyes so glasses never merge with the hair.
+    draw.chord(_ellipse_box(fig, 0, 0.45 * hv, hu + 0.004, 0.45 * hv + 0.008), 180, 360, sc.hair)
+  eye_v = hv + u(-0.003, 0.005)
   for side in (-1, 1):
     draw.point(fig.p(side * hu * 0.4, eye_v), fill=_DARK)
-  mx, my = fig.p(0, hv + 0.045)
+  mx, my = fig.p(0, hv + 0.048)
   draw.line((mx - 0.012 * fh, my, mx + 0.012 * fh, my), fill=_jitter(sc.skin, -60))
   if sc.male:
     beard = None
     if u.chance(0.5):
       beard = fig.poly(
         [
-          (-hu * 0.95, hv + 0.015),
-          (hu * 0.95, hv + 0.015),
-          (hu * 0.5, hv + 0.07),
-          (-hu * 0.5, hv + 0.07),
+          (-hu * 0.95, hv + 0.03),
+          (hu * 0.95, hv + 0.03),
+          (hu * 0.5, hv + 0.075),
+          (-hu * 0.5, hv + 0.075),
         ]
       )
       draw.polygon(beard, fill=sc.hair)
@@ -728,39 +729,54 @@ def _paint_head(sc: _Scene) -> None:
     box = _bbox(fig.poly([(-s, 0.185), (s, 0.185), (0, hv + 0.04)]))
     sc.boxes['Male'] = _union(box, _bbox(beard)) if beard else box
   if y['sunglass']:
-    half_h = u(0.013, 0.016) * cs * fh
-    x0, yc = fig.p(-hu * 0.9, eye_v)
-    x1, _ = fig.p(hu * 0.9, eye_v)
+    # A dark band across the eyes (some lenses mirrored), with temples to the ears.
+    half_h = u(0.016, 0.02) * cs * fh
+    x0, yc = fig.p(-hu * 0.95, eye_v)
+    x1, _ = fig.p(hu * 0.95, eye_v)
     box = (x0, yc - half_h, x1, yc + half_h)
-    lens = _jitter(_DARK, u(0, 35)) if u.chance(0.8) else _hsv(u(0.5, 0.7), 0.6, u(0.3, 0.5))
-    draw.rounded_rectangle(box, radius=half_h * 0.6, fill=lens)
+    lens = _jitter(_DARK, u(0, 25)) if u.chance(0.85) else _hsv(u(0.45, 0.7), 0.5, u(0.6, 0.9))
+    draw.rounded_rectangle(box, radius=half_h * 0.5, fill=lens)
     sc.boxes['sunglass'] = box
   if y['faceMask']:
-    v0 = hv + 0.015
-    v1 = v0 + u(0.045, 0.055) * cs
-    mask = fig.poly([(-hu * 0.85, v0), (hu * 0.85, v0), (hu * 0.7, v1), (-hu * 0.7, v1)])
-    colour = u.pick(((235, 235, 240), (150, 190, 230), (40, 40, 45), (120, 200, 190)))
-    draw.polygon(mask, fill=_jitter(colour, u(-15, 15)))
-    sc.boxes['faceMask'] = _bbox(mask)
+    # Mostly a light-blue or white surgical mask from the nose to the chin, with ear
+    # straps; sometimes a black one, which competes with beards.
+    v0 = hv + 0.02
+    v1 = v0 + u(0.058, 0.068) * cs
+    mask = fig.poly([(-hu * 0.97, v0), (hu * 0.97, v0), (hu * 0.6, v1), (-hu * 0.6, v1)])
+    palette = ((150, 200, 240), (240, 240, 245), (45, 45, 50))
+    k = u.weighted((0.55, 0.3, 0.15))
+    # Never skin-coloured: a white mask on pale skin would be invisible.
+    while sum(abs(a - b) for a, b in zip(palette[k], sc.skin, strict=True)) < 120:
+      k = (k + 1) % len(palette)
+    colour = _jitter(palette[k], u(-12, 12))
+    draw.polygon(mask, fill=colour)
+    straps = [[fig.p(side * hu * 0.95, v0), fig.p(side * hu, hv - 0.01)] for side in (-1, 1)]
+    for strap in straps:
+      draw.line(strap, fill=colour)
+    sc.boxes['faceMask'] = _union(_bbox(mask), *(_bbox(strap) for strap in straps))
   if y['Hat']:
-    colour = _cloth(u)
+    # Taller than hair and often of a colour hair never has: shape and colour cues.
+    colour = _contrast(sc.hair, u) if u.chance(0.5) else _cloth(u)
     kind = u.index(3)
-    if kind == 0:  # Cap: a dome and a peak to one side.
-      crown = _ellipse_box(fig, 0, 0.035, hu + 0.008, 0.045)
+    if kind == 0:  # Cap: a dome above the head and a peak to one side.
+      crown = _ellipse_box(fig, 0, 0.04, hu + 0.01, 0.065)
       draw.chord(crown, 180, 360, fill=colour)
       side = 1 if u.chance(0.5) else -1
-      peak = fig.poly([(0, 0.028), (side * (hu + 0.045), 0.035), (0, 0.042)])
-      draw.polygon(peak, fill=_jitter(colour, -25))
+      peak = fig.poly([(0, 0.03), (side * (hu + 0.05), 0.038), (0, 0.048)])
+      draw.polygon(peak, fill=_jitter(colour, -30))
       box = _union((crown[0], crown[1], crown[2], (crown[1] + crown[3]) / 2), _bbox(peak))
     elif kind == 1:  # Beanie, down to the brows.
-      beanie = _ellipse_box(fig, 0, 0.045, hu + 0.006, 0.05)
-      draw.chord(beanie, 170, 370, fill=colour)
-      box = (beanie[0], beanie[1], beanie[2], (beanie[1] + beanie[3]) / 2 + 0.01 * fh)
+      beanie = _ellipse_box(fig, 0, 0.045, hu + 0.008, 0.07)
+      draw.chord(beanie, 180, 360, fill=colour)
+      band = fig.poly([(-hu - 0.008, 0.03), (hu + 0.008, 0.03), (hu + 0.008, 0.05)])
+      band += fig.poly([(-hu - 0.008, 0.05)])
+      draw.polygon(band, fill=_jitter(colour, -30))
+      box = _union((beanie[0], beanie[1], beanie[2], (beanie[1] + beanie[3]) / 2), _bbox(band))
     else:  # Brimmed hat.
-      crown = fig.poly([(-hu * 0.85, -0.04), (hu * 0.85, -0.04), (hu, 0.025), (-hu, 0.025)])
-      brim = _ellipse_box(fig, 0, 0.027, hu + u(0.03, 0.05), 0.01)
+      crown = fig.poly([(-hu * 0.85, -0.045), (hu * 0.85, -0.045), (hu, 0.025), (-hu, 0.025)])
+      brim = _ellipse_box(fig, 0, 0.027, hu + u(0.035, 0.055), 0.012)
       draw.polygon(crown, fill=colour)
-      draw.ellipse(brim, fill=_jitter(colour, -20))
+      draw.ellipse(brim, fill=_jitter(colour, -30))
       box = _union(_bbox(crown), brim)
     sc.boxes['Hat'] = box
 
@@ -807,8 +823,8 @@ def draw_example(rng: np.random.Generator) -> Drawing:
     male=male,
     shoulder=shoulder,
     waist=waist,
-    head_hu=u(0.048, 0.056),
-    head_hv=u(0.07, 0.078),
+    head_hu=u(0.052, 0.06),
+    head_hv=u(0.074, 0.08),
     skin=_jitter(u.pick(_SKIN_TONES), u(-12, 12)),
     hair=u.pick(_HAIR_COLOURS),
     top_colour=top_colour,
