@@ -413,7 +413,9 @@ def _distractors(draw, u: _Uniforms, fh: float, width, height, body_boxes) -> li
     else:
       w, h = u(0.06, 0.1) * fh, u(0.035, 0.055) * fh
     w, h = min(w, width - 2), min(h, height - 2)
-    for _ in range(12):  # Rejection sampling of a spot that does not touch the figure.
+    for attempt in range(24):  # Rejection sampling of a spot that does not touch the figure.
+      if attempt and attempt % 8 == 0:  # Narrow crops leave little room: shrink.
+        w, h = max(w * 0.8, 2.0), max(h * 0.8, 2.0)
       x0, y0 = u(0, width - w), u(0, height - h)
       box = (x0, y0, x0 + w, y0 + h)
       # One pixel of margin: rasterised shapes may cover the pixel their box ends in.
