@@ -42,8 +42,7 @@ def _grid(path: str, n: int, start: int, cell: int = 128) -> None:
   canvas = Image.new('RGB', (cols * (cell + 4), rows * (cell + 16)), (255, 255, 255))
   for k in range(n):
     index = start + k
-    root = np.random.default_rng([0, synthetic.SPLIT_IDS['train'], index])
-    drawing = synthetic.draw_example(root.spawn(2)[0])
+    drawing = synthetic.draw_example(synthetic.example_rngs('train', index, seed=0)[0])
     img = Image.fromarray(drawing.image).resize((cell, cell), Image.BILINEAR)
     draw = ImageDraw.Draw(img)
     for box, present in zip(drawing.cue_boxes, drawing.labels, strict=True):

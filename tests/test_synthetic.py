@@ -226,6 +226,18 @@ def test_unknown_labels():
   assert np.any(has_box & unknown) and np.any(~has_box & unknown)
 
 
+def test_redraw_matches_generate():
+  # A stored example can be redrawn (e.g. for its distractor boxes); hiding only
+  # replaces labels by -1.
+  for i in range(20):
+    example = synthetic.generate('validation', i, seed=4, encode=False)
+    drawing = synthetic.draw_example(synthetic.example_rngs('validation', i, seed=4)[0])
+    np.testing.assert_array_equal(example['image'], drawing.image)
+    np.testing.assert_array_equal(example['cue_boxes'], drawing.cue_boxes)
+    known = example['labels'] != -1
+    np.testing.assert_array_equal(example['labels'][known], drawing.labels[known])
+
+
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
   builder = tfds.builder(

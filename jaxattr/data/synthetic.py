@@ -246,7 +246,9 @@ def sample_labels(rng: np.random.Generator) -> np.ndarray:
   return np.array([y[a] for a in ATTRIBUTES], dtype=np.int8)
 
 
-def hide_labels(labels: np.ndarray, rng: np.random.Generator, rate: float = UNKNOWN_RATE):
+def hide_labels(
+  labels: np.ndarray, rng: np.random.Generator, rate: float = UNKNOWN_RATE
+) -> np.ndarray:
   """Marks a random `rate` of the entries as unknown (-1), independent of the drawing.
 
   Args:
@@ -399,7 +401,7 @@ def _draw_stripes(draw, x0, y0, x1, y1, period: float, colour, half_widths=None)
     y += period
 
 
-def _distractors(draw, u: _Uniforms, fh: float, width, height, body_boxes) -> list[tuple]:
+def _distractors(draw, u: _Uniforms, fh: float, width: int, height: int, avoid) -> list[tuple]:
   """Look-alike cues (emblems, stripes, dark bands, light patches) outside the figure."""
   boxes = []
   for _ in range(1 + u.index(MAX_DISTRACTORS)):
@@ -420,7 +422,7 @@ def _distractors(draw, u: _Uniforms, fh: float, width, height, body_boxes) -> li
       box = (x0, y0, x0 + w, y0 + h)
       # One pixel of margin: rasterised shapes may cover the pixel their box ends in.
       grown = (x0 - 1, y0 - 1, x0 + w + 1, y0 + h + 1)
-      if not any(_overlaps(grown, b) for b in body_boxes + boxes):
+      if not any(_overlaps(grown, b) for b in avoid + boxes):
         break
     else:
       continue
@@ -867,6 +869,27 @@ def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
   return buf.getvalue()
 
 
+def example_rngs(
+  split: str, index: int, seed: int = 0
+) -> tuple[np.random.Generator, np.random.Generator]:
+  """The two independent generators of one example: (drawing, hiding labels).
+
+  `draw_example(example_rngs(split, index, seed)[0])` redraws a stored example,
+  e.g. to get its distractor boxes.
+
+  Args:
+    split: 'train', 'validation' or 'test'.
+    index: position in the split.
+    seed: dataset seed.
+
+  Returns:
+    (rng for `draw_example`, rng for `hide_labels`).
+  """
+  root = np.random.default_rng([seed, SPLIT_IDS[split], index])
+  draw_rng, hide_rng = root.spawn(2)
+  return draw_rng, hide_rng
+
+
 def generate(split: str, index: int, seed: int = 0, encode: bool = True) -> dict[str, Any]:
   """The canonical example `index` of `split`, a pure function of its arguments.
 
@@ -880,8 +903,7 @@ def generate(split: str, index: int, seed: int = 0, encode: bool = True) -> dict
     Dict with `image`, `labels` (int8 [C], -1 = unknown), `index`, `image_id`,
     `cue_boxes` (float32 [C, 4]).
   """
-  root = np.random.default_rng([seed, SPLIT_IDS[split], index])
-  draw_rng, hide_rng = root.spawn(2)
+  draw_rng, hide_rng = example_rngs(split, index, seed)
   drawing = draw_example(draw_rng)
   return {
     'image': encode_jpeg(drawing.image) if encode else drawing.image,
