@@ -627,6 +627,9 @@ def train_and_evaluate(
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
 
   ex = create_experiment(config, devices)
+  if is_main:  # So the tools restore a run without its dataset: names, train positive ratios.
+    names = {'names': ex.info.attribute_names, 'positive_ratio': ex.info.positive_ratio.tolist()}
+    (workdir / 'attributes.json').write_text(json.dumps(names) + '\n')
   state, spe, total_steps = ex.state, ex.steps_per_epoch, ex.total_steps
   ckpt = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints)
   if ckpt.latest_step() is not None:
