@@ -711,6 +711,8 @@ def train_and_evaluate(
   with report.timed('test'):
     results['validation'], _ = ex.evaluate(best, config.data.eval_split)
     results['test'], _ = ex.evaluate(best, config.data.test_split)
+  if config.eval.attention_grid and is_main and config.model.attention.levels:
+    results['attention_grid'] = str(attention_grid(ex, best, workdir / 'attention.png'))
   results['wall_time_s'] = time.time() - start_time
   writer.scalars(step, {f'test/{k}': v for k, v in _flat_scalars(results['test']).items()})
   writer.close()
@@ -720,6 +722,44 @@ def train_and_evaluate(
     logging.info('Results:\n%s', results_markdown(results, config))
   ckpt.close()
   return results
+
+
+def attention_grid(ex: Experiment, state: TrainState, path: Path, max_scan: int = 512) -> Path:
+  """Draws the attention masks of both levels over test images (README, demo).
+
+  Columns: two frequent and the rarer attributes; rows: for each column, the
+  first test image where that attribute is present.
+  """
+  from jaxattr import visualize  # matplotlib only when a grid is asked for.
+
+  config, names = ex.config, ex.info.attribute_names
+  order = np.argsort(ex.info.positive_ratio)  # Rarest first.
+  columns = [names[i] for i in (*order[:4], *order[-2:])]
+  ds = ex.builder.as_dataset(split=config.data.test_split, shuffle_files=False).take(max_scan)
+  chosen, used = [], set()
+  for example in ds.as_numpy_iterator():
+    hits = [c for c in columns if example['labels'][names.index(c)] == 1 and c not in used]
+    if hits:
+      used.add(hits[0])
+      chosen.append(example)
+    if len(used) == len(columns):
+      break
+  images = np.stack(
+    [input_pipeline.eval_preprocess(e['image'], config.data).numpy() for e in chosen]
+  )
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  x = input_pipeline.normalize(jnp.asarray(images), config.data)
+  out = jax.device_get(ex.model.apply(jax.device_get(variables), x, train=False))
+  return visualize.attention_grid(
+    list(images),
+    list(out['masks']),
+    np.asarray(jax.nn.sigmoid(out['logits'])),
+    np.stack([e['labels'] for e in chosen]),
+    names,
+    columns,
+    path,
+    level_names=[str(level) for level in config.model.attention.levels],
+  )
 
 
 def _flat_scalars(result: dict[str, Any]) -> dict[str, float]:
