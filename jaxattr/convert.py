@@ -63,8 +63,15 @@ _HASH_IN_NAME = re.compile(r'-([0-9a-f]{8,64})\.')
 # Leaf renames torch -> Flax for BatchNorm statistics (collection, Flax leaf).
 _STATS = {'running_mean': ('batch_stats', 'mean'), 'running_var': ('batch_stats', 'var')}
 # Flax leaf -> torch leaf, for naming missing tensors in torch's terms.
-_TORCH_LEAF = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean'}
-_TORCH_LEAF['var'] = 'running_var'
+_TORCH_LEAF = {
+  'kernel': 'weight',
+  'scale': 'weight',
+  'bias': 'bias',
+  'mean': 'running_mean',
+  'var': 'running_var',
+}
+# Longest list of tensors an error message spells out per kind of problem.
+_MAX_LISTED = 50
 
 Variables = dict[str, dict[str, Any]]
 
@@ -75,7 +82,9 @@ def _check_arch(arch: str) -> None:
 
 
 def rename_legacy_densenet_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-  """Renames pre-0.3 torchvision DenseNet keys (`norm.1` -> `norm1`, `conv.2` -> `conv2`).
+  """Renames old torchvision DenseNet keys (`norm.1` -> `norm1`, `conv.2` -> `conv2`).
+
+  The DenseNet files torchvision downloads still use the old names.
 
   Args:
     state_dict: torch key -> tensor.
@@ -188,8 +197,13 @@ def torch_to_flax(
     ('tensors with the wrong shape', misshaped),
   ):
     if items:
-      problems.append(f'{len(items)} {title}:\n  ' + '\n  '.join(items))
+      listed = items[:_MAX_LISTED]
+      if len(items) > _MAX_LISTED:
+        listed.append(f'... and {len(items) - _MAX_LISTED} more')
+      problems.append(f'{len(items)} {title}:\n  ' + '\n  '.join(listed))
   if problems:
+    if unexpected and missing:
+      problems.append('Is the architecture (--arch, --width) the one the file was saved from?')
     raise ValueError(f'Cannot convert the state dict to {what}; ' + '\n'.join(problems))
 
   out: Variables = {'params': {}, 'batch_stats': {}}
@@ -451,23 +465,36 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
 
 
 def main(argv: list[str], holders: Mapping[str, flags.FlagHolder]) -> None:
-  """Converts `--input` to `--output` (see the module docstring)."""
+  """Converts `--input` to `--output` (see the module docstring).
+
+  Args:
+    argv: the arguments left after flag parsing (none are expected).
+    holders: the flags of `_define_flags`, by name.
+
+  Raises:
+    SystemExit: with the reason, when the file cannot be read or converted.
+  """
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  meta = convert_file(
-    holders['arch'].value,
-    holders['input'].value,
-    holders['output'].value,
-    holders['include_head'].value,
-    holders['width'].value,
-  )
+  output = holders['output'].value
+  try:
+    meta = convert_file(
+      holders['arch'].value,
+      holders['input'].value,
+      output,
+      holders['include_head'].value,
+      holders['width'].value,
+    )
+  except (ValueError, ImportError, OSError) as e:
+    # The reason is the whole message (the tensors at fault); a traceback adds nothing.
+    raise SystemExit(f'jaxattr.convert: {e}') from e
   logging.info(
     'Wrote %s (%d parameters, sha256 of %s: %s) to %s.',
     meta['arch'],
     meta['num_params'],
     meta['source'],
     meta['sha256'],
-    holders['output'].value,
+    output,
   )
 
 

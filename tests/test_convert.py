@@ -16,6 +16,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import flax.serialization
@@ -308,6 +309,24 @@ def test_npz_command_line_without_torch(tiny_resnet, tmp_path):
   assert set(loaded) == {'params', 'batch_stats'} and 'fc' not in loaded['params']
   expected = convert.convert_state_dict('resnet18', sd, width=TINY_WIDTH)
   jax.tree.map(np.testing.assert_array_equal, loaded, expected)
+
+
+def test_command_line_refusal_names_the_tensor(tiny_resnet, tmp_path):
+  sd = dict(tiny_resnet[1])
+  del sd['layer4.1.conv2.weight']
+  source = tmp_path / 'broken.npz'
+  np.savez(source, **sd)
+  values = {
+    'arch': 'resnet18',
+    'input': str(source),
+    'output': str(tmp_path / 'out'),
+    'include_head': False,
+    'width': TINY_WIDTH,
+  }
+  holders = {name: types.SimpleNamespace(value=value) for name, value in values.items()}
+  with pytest.raises(SystemExit, match=r'missing tensors:\n  layer4\.1\.conv2\.weight'):
+    convert.main(['jaxattr.convert'], holders)
+  assert not (tmp_path / 'out' / 'backbone.msgpack').exists()
 
 
 def test_pth_via_torch(tiny_resnet, tmp_path):
