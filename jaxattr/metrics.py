@@ -319,6 +319,37 @@ def pointing_game_cells(
   return accuracy, counts
 
 
+def pointing_game_chance(
+  boxes: np.ndarray, labels: np.ndarray, grid: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+  """The pointing-game accuracy of a mask whose argmax is a uniformly random cell.
+
+  The baseline that gives `pointing_game_cells` its meaning: the expected hit
+  rate when the argmax cell is drawn uniformly from the h x w grid, i.e. per
+  positive pair the fraction of cells that overlap the box (same open-interval
+  rule), averaged over the positives of each attribute.
+
+  Args:
+    boxes: float [N, C, 4] normalised [ymin, xmin, ymax, xmax].
+    labels: int [N, C]; only entries equal to 1 are scored.
+    grid: (h, w) of the attention masks.
+
+  Returns:
+    (chance accuracy [C], nan where an attribute has no positive; counts [C]).
+  """
+  boxes, labels = np.asarray(boxes, np.float64), np.asarray(labels)
+  h, w = grid
+  rows, cols = np.arange(h), np.arange(w)
+  row_hits = ((rows / h < boxes[..., 2:3]) & ((rows + 1) / h > boxes[..., 0:1])).sum(-1)
+  col_hits = ((cols / w < boxes[..., 3:4]) & ((cols + 1) / w > boxes[..., 1:2])).sum(-1)
+  fraction = row_hits * col_hits / (h * w)
+  positive = labels == 1
+  counts = positive.sum(axis=0)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    chance = np.where(counts > 0, (fraction * positive).sum(axis=0) / counts, np.nan)
+  return chance, counts
+
+
 @flax.struct.dataclass
 class EvalOutputs(clu_metrics.CollectingMetric.from_outputs(('probs', 'labels', 'mask'))):
   """Collects the eval-step outputs on the host, batch after batch.

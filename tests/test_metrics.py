@@ -307,3 +307,27 @@ def test_train_metrics_average_terms_under_jit():
   assert float(computed['loss']) == pytest.approx(3.0)
   assert float(computed['primary']) == pytest.approx(2.0)
   assert float(computed['attention_0']) == pytest.approx(1.0)
+
+
+def test_pointing_game_chance_hand_cases():
+  # A 4x4 grid. Attribute 0: box [0.1, 0.1, 0.4, 0.6] overlaps rows 0-1 (0.1..0.4
+  # crosses 0.25) and columns 0-2 (0.1..0.6 crosses 0.25 and 0.5): 2*3/16.
+  # Attribute 1: the whole image, 16/16; a negative with any box is not scored.
+  boxes = np.array(
+    [
+      [[0.1, 0.1, 0.4, 0.6], [0.0, 0.0, 1.0, 1.0]],
+      [[0.0, 0.0, 0.25, 0.25], [0.5, 0.5, 0.6, 0.6]],
+    ]
+  )
+  labels = np.array([[1, 1], [1, 0]])
+  chance, counts = metrics.pointing_game_chance(boxes, labels, (4, 4))
+  # Attribute 0: mean of 6/16 and, for [0,0,.25,.25], exactly one cell (edges touch only) 1/16.
+  np.testing.assert_allclose(chance, [(6 / 16 + 1 / 16) / 2, 1.0])
+  np.testing.assert_array_equal(counts, [2, 1])
+  # Agrees with scoring every cell as the argmax with pointing_game_cells.
+  hits = []
+  for i in range(4):
+    for j in range(4):
+      cell = np.broadcast_to([i / 4, j / 4, (i + 1) / 4, (j + 1) / 4], boxes.shape)
+      hits.append(metrics.pointing_game_cells(cell, boxes, labels)[0])
+  np.testing.assert_allclose(np.mean(hits, axis=0), chance)
