@@ -5,7 +5,8 @@ here and, converted, in Flax) and the PyTorch side of the speed benchmark (the s
 architecture timed in both frameworks). torchvision itself is not a dependency:
 the backbones are written out with torchvision's exact module names, so
 `state_dict()` keys equal those of `torchvision.models.resnet50()` etc., and real
-torchvision checkpoints load with `load_state_dict(strict=True)`.
+torchvision checkpoints load with `load_state_dict(strict=True)` (DenseNet files after
+the legacy-key renaming torchvision also applies, `convert.rename_legacy_densenet_keys`).
 
   ResNetTorch     ResNet-18/34/50/101/152, v1.5 (stride on the bottleneck's 3x3)
   DenseNetTorch   DenseNet-121/161/169/201
@@ -349,6 +350,32 @@ def tap_sizes(name: str, height: int, width: int) -> tuple[tuple[int, int], tupl
   return (h1, w1), (h2, w2)
 
 
+def tap_channels(name: str, width: float = 1.0) -> tuple[int, int]:
+  """Channels of `k1` and `k2`, e.g. (1024, 2048) for resnet101 and (1024, 1024) for densenet121.
+
+  Args:
+    name: a backbone name.
+    width: channel multiplier.
+
+  Returns:
+    `(k1_channels, k2_channels)`.
+  """
+  if name in RESNET_ARCHS:
+    block, _ = RESNET_ARCHS[name]
+    return scale_channels(256 * block.expansion, width), scale_channels(
+      512 * block.expansion, width
+    )
+  if name not in DENSENET_ARCHS:
+    raise ValueError(f'Unknown backbone {name!r}; expected one of {ARCHS}.')
+  growth_rate, blocks, init = DENSENET_ARCHS[name]
+  growth = scale_channels(growth_rate, width)
+  channels = scale_channels(init, width)
+  for n in blocks[:2]:
+    channels = (channels + n * growth) // 2  # A dense block, then a halving transition.
+  k1 = channels + blocks[2] * growth
+  return k1, k1 // 2 + blocks[3] * growth
+
+
 # --- Attention heads ------------------------------------------------------------------
 
 
@@ -472,9 +499,8 @@ class AttributeModelTorch(nn.Module):
     self.levels = levels
     self.backbone = create_backbone(backbone, width, num_classes=None)
     sizes = dict(zip((3, 4), tap_sizes(backbone, *image_size), strict=True))
-    k2_channels = self.backbone.num_features
-    channels = {4: k2_channels, 3: self._k1_channels(backbone, width)}
-    self.classifier = nn.Linear(k2_channels, num_classes)
+    channels = dict(zip((3, 4), tap_channels(backbone, width), strict=True))
+    self.classifier = nn.Linear(channels[4], num_classes)
     nn.init.xavier_uniform_(self.classifier.weight)
     nn.init.zeros_(self.classifier.bias)
     mask = scale_channels(mask_channels, width)
@@ -484,18 +510,6 @@ class AttributeModelTorch(nn.Module):
         channels[level], num_classes, sizes[level], mask, classifier, confidence_weighting
       )
       self.add_module(f'attention{level}', head)
-
-  @staticmethod
-  def _k1_channels(backbone: str, width: float) -> int:
-    if backbone in RESNET_ARCHS:
-      block, _ = RESNET_ARCHS[backbone]
-      return scale_channels(256 * block.expansion, width)
-    growth, blocks, init = DENSENET_ARCHS[backbone]
-    g = scale_channels(growth, width)
-    c = scale_channels(init, width)
-    for n in blocks[:2]:
-      c = (c + n * g) // 2
-    return c + blocks[2] * g
 
   def forward(self, x: Tensor) -> dict[str, Tensor | tuple[Tensor, ...]]:
     """Runs the model on NCHW images.

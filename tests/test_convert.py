@@ -411,8 +411,8 @@ def test_torch_tap_sizes_and_channels():
         tuple(out['k2'].shape[2:]),
       ), (arch, h, w)
     channels = (out['k1'].shape[1], out['k2'].shape[1])
-    k1 = torch_reference.AttributeModelTorch._k1_channels(arch, width)
-    assert (k1, model.num_features) == channels == model_lib.backbone_tap_channels(arch, width)
+    assert torch_reference.tap_channels(arch, width) == channels, arch
+    assert channels == model_lib.backbone_tap_channels(arch, width), arch
 
 
 # --- Training starts from the converted weights ----------------------------------
