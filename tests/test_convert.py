@@ -109,10 +109,11 @@ def test_torch_reference_matches_torchvision_counts():
     assert sum(p.numel() for p in model.parameters()) == count
 
 
-def test_parity_float64_exact_non_square(full_size):
-  """Same weights, float64 in both frameworks, 256x128: exact, padding included."""
+@pytest.mark.parametrize('size', [(224, 224), (256, 128)], ids=['224x224', '256x128'])
+def test_parity_float64_exact(full_size, size):
+  """Same weights, float64 in both frameworks: exact; the non-square size checks padding."""
   arch, model, variables = full_size
-  x = np.random.default_rng(5).normal(size=(1, 3, 256, 128))
+  x = np.random.default_rng(5).normal(size=(1, 3, *size))
   with torch.no_grad():
     ref = copy.deepcopy(model).double()(torch.from_numpy(x))
   with jax.enable_x64(True):
