@@ -336,6 +336,38 @@ class Predictor:
       description=f'{workdir} ({ref.which} checkpoint, step {ref.step})',
     )
 
+  @classmethod
+  def from_variables(
+    cls,
+    model,
+    variables: dict[str, Any],
+    config: ml_collections.ConfigDict,
+    names: Sequence[str],
+    batch_size: int = 32,
+  ) -> 'Predictor':
+    """A predictor for a model already in memory (e.g. the best state at the end of a run).
+
+    Args:
+      model: the `AttributeModel`.
+      variables: `{'params': ..., 'batch_stats': ...}`.
+      config: the run config (`data` for the input, `eval.threshold`).
+      names: attribute names.
+      batch_size: fixed batch size.
+
+    Returns:
+      The predictor.
+    """
+    return cls(
+      make_infer_fn(model, config.data),
+      variables,
+      names=names,
+      image_size=config.data.image_size,
+      levels=config.model.attention.levels,
+      thresholds=config.eval.threshold,
+      batch_size=batch_size,
+      description='in-memory model',
+    )
+
   def _dispatch(self, images: list[np.ndarray]):
     batch = np.zeros((self.batch_size, self.image_size, self.image_size, 3), np.uint8)
     for i, image in enumerate(images):

@@ -124,7 +124,8 @@ def attention_figure(
   num_classes = len(names)
   if probs.shape != (num_classes,):
     raise ValueError(f'probs has shape {probs.shape}, expected ({num_classes},).')
-  top = np.argsort(-probs, kind='stable')[: max(0, min(top_k, num_classes))]
+  # A primary-only model (no attention levels) has no masks: bars and image only.
+  top = np.argsort(-probs, kind='stable')[: max(0, min(top_k, num_classes))] if levels else []
   height, width = image.shape[:2]
   rows = max(1, len(levels))
   cell_w = max(cell_inches * width / height, 1.8)  # Room for the column titles.

@@ -100,6 +100,7 @@ def direct(run):
     probs, masks = apply(images)
     return np.asarray(probs), [np.asarray(m) for m in masks]
 
+  call.model, call.variables = model, variables
   return call
 
 
@@ -358,6 +359,21 @@ def test_tuned_thresholds_follow_their_checkpoint(run, tmp_path):
   np.testing.assert_array_equal(predictor.thresholds, np.full(14, 0.5))
 
 
+def test_predictor_from_variables_in_memory(run, direct, images):
+  _, config = run
+  predictor = inference.Predictor.from_variables(
+    direct.model, direct.variables, config, synthetic.ATTRIBUTES, batch_size=2
+  )
+  out = predictor(images['arrays'])
+  expected, expected_masks = direct(images['arrays'])
+  np.testing.assert_allclose(out['probs'], expected, atol=1e-5)
+  assert predictor.levels == (3, 4)
+  for level_masks, want in zip(out['masks'], expected_masks, strict=True):
+    np.testing.assert_allclose(level_masks, want, atol=1e-5)
+    # The spatial softmax a (not a * s): each attribute's mask sums to 1 over space.
+    np.testing.assert_allclose(level_masks.sum(axis=(1, 2)), 1.0, atol=1e-5)
+
+
 def test_attributes_from_the_workdir(run):
   workdir, _ = run
   names, ratio = inference.load_attributes(workdir)
@@ -437,6 +453,11 @@ def test_attention_grid_and_ap_bar_chart(tmp_path):
   )
   with Image.open(path) as png:
     assert png.size == (600, 420)
+  # A primary-only model has no masks: probabilities and image only.
+  png = visualize.attention_figure(images[0], {}, probs[0], names, top_k=3)
+  with Image.open(io.BytesIO(png)) as figure:
+    # Bars 2.8 + image max(2.2 x 0.5, 1.8) + 0.3 inches; height max(2.2, 0.2 x 5 + 0.8) + 0.2.
+    assert figure.size == (490, 240)
 
 
 def test_upsample_mask_peak_and_centres():
