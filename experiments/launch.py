@@ -13,7 +13,9 @@ A sweep file has `get_config(arg)` (the base config) and `sweep(add)`, which cal
 Each run is `python -m jaxattr.main --config=<sweep file>:<arg> --workdir=<run dir>
 --config.<key>=<value> ...` (the command is logged and written to the run dir as
 `command.txt`, so any run can be repeated by hand), followed by the extra
-`--config.*` arguments given to the launcher (data paths, ...). A subprocess per run
+`--config.*` arguments given to the launcher (data paths, ...), in which `{key}`
+becomes the run's value of that swept key (its short name or dotted name), e.g.
+`--config.model.pretrained=pretrained/{backbone}_v1`. A subprocess per run
 keeps compile caches and host memory from growing over a long sweep. A run whose
 `results.json` exists is skipped; an interrupted run resumes from its checkpoint,
 since the training loop itself resumes. The output of run k is in `<run dir>/train.log`.
@@ -36,13 +38,6 @@ from absl import app, flags, logging
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # The sweep files import `configs`, which is not installed.
   sys.path.insert(0, str(ROOT))
-
-_SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file, optionally with an argument: path[:arg].')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Root folder of the sweep runs.')
-_DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the runs and their state; train nothing.')
-_STOP_ON_FAILURE = flags.DEFINE_bool(
-  'stop_on_failure', False, 'Stop at the first failed run (default: go on, report at the end).'
-)
 
 _UNSAFE = re.compile(r'[^A-Za-z0-9._+=-]')
 
@@ -181,10 +176,39 @@ def is_finished(run_dir: str | os.PathLike) -> bool:
     return False
 
 
+_PLACEHOLDER = re.compile(r'\{([A-Za-z0-9_.]+)\}')
+
+
+def substitute(arg: str, overrides: dict[str, Any], names: dict[str, str] | None = None) -> str:
+  """Replaces `{key}` in a passed-through argument by the run's value of that key.
+
+  Args:
+    arg: e.g. '--config.model.pretrained=pretrained/{backbone}_v1'.
+    overrides: the run's overrides (dotted keys -> values).
+    names: short name of each key (see `short_keys`).
+
+  Returns:
+    The argument with every placeholder replaced ('{backbone}' -> 'resnet50').
+
+  Raises:
+    KeyError: for a placeholder that names no swept key of the run.
+  """
+  names = names or {k: k.rsplit('.', 1)[-1] for k in overrides}
+  lookup = {**{names[k]: v for k, v in overrides.items()}, **overrides}
+
+  def replace(match):
+    if match.group(1) not in lookup:
+      raise KeyError(f'{arg}: {{{match.group(1)}}} is not a swept key ({sorted(lookup)}).')
+    return format_value(lookup[match.group(1)])
+
+  return _PLACEHOLDER.sub(replace, arg)
+
+
 def run_command(
   sweep: Sweep, run_dir: Path, overrides: dict[str, Any], passthrough: Sequence[str] = ()
 ) -> list[str]:
   """The training command of one run (overrides first, then the launcher's extra args)."""
+  names = short_keys([k for r in sweep.runs for k in r])
   return [
     sys.executable,
     '-m',
@@ -192,7 +216,7 @@ def run_command(
     f'--config={sweep.config_spec}',
     f'--workdir={run_dir}',
     *config_args(overrides),
-    *passthrough,
+    *(substitute(arg, overrides, names) for arg in passthrough),
   ]
 
 
@@ -282,10 +306,22 @@ def _parse(argv: list[str]) -> list[str]:
   return flags.FLAGS(own)
 
 
+def define_flags() -> None:
+  """The launcher's flags (defined only when it runs, so other scripts can import it)."""
+  flags.DEFINE_string('sweep', None, 'Sweep file, optionally with an argument: path[:arg].')
+  flags.DEFINE_string('workdir', None, 'Root folder of the sweep runs.')
+  flags.DEFINE_bool('dry_run', False, 'Print the runs and their state; train nothing.')
+  flags.DEFINE_bool(
+    'stop_on_failure', False, 'Stop at the first failed run (default: go on, report at the end).'
+  )
+  flags.mark_flags_as_required(['sweep', 'workdir'])
+
+
 def main(argv):
   del argv
-  sweep = Sweep(_SWEEP.value)
-  failed = launch(sweep, _WORKDIR.value, _PASSTHROUGH, _DRY_RUN.value, _STOP_ON_FAILURE.value)
+  f = flags.FLAGS
+  sweep = Sweep(f.sweep)
+  failed = launch(sweep, f.workdir, _PASSTHROUGH, f.dry_run, f.stop_on_failure)
   if failed:
     logging.error('%d runs failed: %s', len(failed), ', '.join(failed))
     sys.exit(1)
@@ -293,5 +329,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['sweep', 'workdir'])
+  define_flags()
   app.run(main, flags_parser=_parse)
