@@ -1,0 +1,314 @@
+"""Speed of the real train and eval steps on this machine, and the method's overhead.
+
+  python experiments/bench_train.py --backbone=resnet50 --batch=8 --image_size=224
+  python experiments/bench_train.py --backbone=resnet50 --batch=8 --image_size=224 \
+      --compare_torch
+  python experiments/bench_train.py --backbone=resnet18 --width=0.125 --image_size=112 \
+      --batch=32 --steps=10       # the demo's model
+
+Builds `train.train_step` / `train.eval_step` exactly as `train.create_experiment`
+does (same jit, shardings, donation, class weights, history), but feeds random
+uint8 images and labels of the right shape, so no dataset is needed. Two variants
+are measured in the same process: the full method (config defaults: attention at
+stages 3 and 4, L_w, variance-weighted L_a with an active history) and the primary
+network alone (no attention, plain BCE). Printed per variant: compile seconds,
+every timed step, the median step time and images/s of the train and eval steps,
+XLA's memory plan of each step and the peak resident memory of the process; then
+the full / primary step-time ratio (the method's overhead). The variants' steps
+alternate, so load from other processes falls on both alike.
+
+With --compare_torch the same architecture (`jaxattr.torch_reference`, NCHW, float32)
+is timed in PyTorch with as many threads as CPUs: train step = forward + BCE on the
+aggregated logits + backward + SGD (momentum, weight decay) step; eval = forward
+under `torch.inference_mode`. Then the JAX / PyTorch step-time ratios.
+"""
+
+import functools
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # Run as a script: make `configs` importable.
+  sys.path.insert(0, str(ROOT))
+
+from configs import default  # noqa: E402
+from jaxattr import losses, train  # noqa: E402
+from jaxattr.models import model as model_lib  # noqa: E402
+
+_BACKBONE = flags.DEFINE_enum('backbone', 'resnet50', default.BACKBONES, 'Backbone.')
+_BATCH = flags.DEFINE_integer('batch', 8, 'Global batch size (train and eval).')
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Square input size.')
+_WIDTH = flags.DEFINE_float('width', 1.0, 'Channel multiplier of backbone and heads.')
+_STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps per measurement (after one warm-up).')
+_NUM_CLASSES = flags.DEFINE_integer('num_classes', 14, 'Attributes (14 = WIDER-Attribute).')
+_COMPARE_TORCH = flags.DEFINE_bool('compare_torch', False, 'Also time the PyTorch reference.')
+_VARIANTS = flags.DEFINE_list('variants', ['full', 'primary'], 'Subset of: full, primary.')
+
+NUM_TRAIN = 1024  # History rows; only the batch's rows are read and written per step.
+
+# Variant name -> config changes (the full method is the default config).
+VARIANTS = {
+  'full': {},
+  'primary': {'model.attention.levels': (), 'loss.primary': 'bce', 'loss.attention': 'bce'},
+}
+
+
+def peak_rss_mb() -> float:
+  """Peak resident memory of this process so far, in MB (Linux reports KB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_config(backbone: str, image_size: int, batch: int, width: float, variant: str):
+  """The default (paper) config at the benchmark's size, for one variant."""
+  config = default.get_config()
+  config.model.backbone = backbone
+  config.model.width = width
+  config.data.image_size = image_size
+  config.train.batch_size = batch
+  config.eval.batch_size = batch
+  # History active from the first step, so the step pays for reading and writing it.
+  config.history.start_epoch = 0
+  config.update_from_flattened_dict(VARIANTS[variant])
+  return config
+
+
+def compiled_mb(compiled) -> float:
+  """Memory XLA plans for one call: arguments + outputs (less donated aliases) + temporaries."""
+  m = compiled.memory_analysis()
+  if m is None:
+    return float('nan')
+  total = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+  return (total + m.temp_size_in_bytes) / 2**20
+
+
+def random_batch(rng: np.random.Generator, batch: int, size: int, num_classes: int) -> dict:
+  """A batch as the input pipeline yields it (uint8 images, int8 labels, int32 indices)."""
+  return {
+    'image': rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
+    'labels': rng.integers(0, 2, (batch, num_classes), dtype=np.int8),
+    'index': rng.choice(NUM_TRAIN, batch, replace=False).astype(np.int32),
+    'mask': np.ones((batch,), bool),
+  }
+
+
+def time_calls(fn: Callable[[], object], steps: int) -> list[float]:
+  """Seconds of each of `steps` calls of `fn` (which must block until its result is ready)."""
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def build_jax(config, num_classes: int) -> dict:
+  """Compiles the jitted train and eval steps of one config on random data.
+
+  Returns:
+    `compile_train_s`, `compile_eval_s`, `xla_train_mb` and `xla_eval_mb` (XLA's
+    memory plan of one step), and `train` / `eval`: callables that run one step
+    and block until its result is ready.
+  """
+  mesh = train.create_mesh()
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  model = model_lib.create_model(config.model, num_classes)
+  state = train.create_train_state(config, model, NUM_TRAIN, num_classes, replicated)
+  rng = np.random.default_rng(0)
+  ratios = rng.uniform(0.03, 0.6, num_classes)
+  w_pos, w_neg = losses.class_weights(ratios, config.loss.class_weights)
+  step_fn = functools.partial(
+    train.train_step,
+    model=model,
+    config=config,
+    w_pos=jnp.asarray(w_pos, jnp.float32),
+    w_neg=jnp.asarray(w_neg, jnp.float32),
+    lr_fn=train.make_lr_fn(config, 100),
+    steps_per_epoch=100,
+    num_sources=train.num_history_sources(config),
+    freeze_backbone=False,
+  )
+  p_train = jax.jit(
+    step_fn,
+    in_shardings=(replicated, data_sharding),
+    out_shardings=(replicated, replicated),
+    donate_argnums=0,
+  )
+  p_eval = jax.jit(
+    functools.partial(train.eval_step, model=model, config=config),
+    in_shardings=(replicated, data_sharding),
+    out_shardings=replicated,
+  )
+  size, batch = config.data.image_size, config.train.batch_size
+  host = random_batch(rng, batch, size, num_classes)
+  batch_train = {k: jax.device_put(host[k], data_sharding) for k in ('image', 'labels', 'index')}
+  batch_eval = {k: jax.device_put(v, data_sharding) for k, v in host.items()}
+
+  out = {}
+  start = time.perf_counter()
+  train_compiled = p_train.lower(state, batch_train).compile()
+  out['compile_train_s'] = time.perf_counter() - start
+  start = time.perf_counter()
+  eval_compiled = p_eval.lower(state, batch_eval).compile()
+  out['compile_eval_s'] = time.perf_counter() - start
+  out['xla_train_mb'] = compiled_mb(train_compiled)
+  out['xla_eval_mb'] = compiled_mb(eval_compiled)
+  holder = {'state': state}
+
+  def one_train_step():
+    holder['state'], metrics = train_compiled(holder['state'], batch_train)
+    jax.block_until_ready((holder['state'], metrics))
+
+  def one_eval_step():
+    jax.block_until_ready(eval_compiled(holder['state'], batch_eval)['probs'])
+
+  out['train'], out['eval'] = one_train_step, one_eval_step
+  return out
+
+
+def time_interleaved(benches: dict[str, dict], steps: int) -> None:
+  """Times `steps` train then eval steps of every bench, alternating between them.
+
+  Alternating spreads the load of other processes on a shared machine evenly over
+  the variants, so their ratio is fairer than from back-to-back blocks. Adds
+  `train_steps`, `eval_steps` (seconds of every timed step) and the medians
+  `train_s`, `eval_s` to each bench.
+  """
+  for kind in ('train', 'eval'):
+    for b in benches.values():
+      time_calls(b[kind], 1)  # Warm-up: first-call allocations.
+      b[f'{kind}_steps'] = []
+    for _ in range(steps):
+      for b in benches.values():
+        b[f'{kind}_steps'] += time_calls(b[kind], 1)
+    for b in benches.values():
+      b[f'{kind}_s'] = statistics.median(b[f'{kind}_steps'])
+
+
+def build_torch(config, num_classes: int) -> dict:
+  """The same architecture in PyTorch (float32, NCHW, all CPU threads).
+
+  Returns:
+    `train` / `eval`: callables that run one step (they return when it is done).
+  """
+  import torch
+
+  from jaxattr import torch_reference
+
+  torch.set_num_threads(os.cpu_count())
+  torch.manual_seed(0)
+  size, batch = config.data.image_size, config.train.batch_size
+  model = torch_reference.AttributeModelTorch(
+    num_classes,
+    backbone=config.model.backbone,
+    image_size=(size, size),
+    width=config.model.width,
+    levels=tuple(config.model.attention.levels),
+    confidence_weighting=config.model.attention.confidence_weighting,
+    mask_channels=config.model.attention.mask_channels,
+    classifier_channels=tuple(config.model.attention.classifier_channels),
+  )
+  opt = torch.optim.SGD(
+    model.parameters(),
+    lr=config.optimizer.learning_rate,
+    momentum=config.optimizer.momentum,
+    weight_decay=config.optimizer.weight_decay,
+  )
+  rng = np.random.default_rng(0)
+  # Normalised float input as the JAX step computes it from uint8 (the conversion is in both).
+  images_u8 = torch.from_numpy(rng.integers(0, 256, (batch, 3, size, size), dtype=np.uint8))
+  mean = torch.tensor(config.data.mean).view(1, 3, 1, 1)
+  std = torch.tensor(config.data.std).view(1, 3, 1, 1)
+  labels = torch.from_numpy(rng.integers(0, 2, (batch, num_classes)).astype(np.float32))
+
+  def one_train_step():
+    model.train()
+    x = (images_u8.float() / 255.0 - mean) / std
+    out = model(x)
+    branch_logits = torch.cat([out['primary_logits'][None], out['attention_logits']])
+    loss = sum(
+      torch.nn.functional.binary_cross_entropy_with_logits(y, labels, reduction='sum') / batch
+      for y in branch_logits
+    )
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+  def one_eval_step():
+    model.eval()
+    with torch.inference_mode():
+      x = (images_u8.float() / 255.0 - mean) / std
+      torch.sigmoid(model(x)['logits'])
+
+  return {'train': one_train_step, 'eval': one_eval_step}
+
+
+def _report(name: str, batch: int, r: dict[str, float]) -> None:
+  compile_text = ''
+  if 'compile_train_s' in r:
+    compile_text = (
+      f'compile train {r["compile_train_s"]:.1f} s, eval {r["compile_eval_s"]:.1f} s; '
+      f'XLA memory plan train {r["xla_train_mb"]:.0f} MB, eval {r["xla_eval_mb"]:.0f} MB; '
+    )
+  print(
+    f'{name}: {compile_text}'
+    f'train {r["train_s"]:.3f} s/step = {batch / r["train_s"]:.1f} img/s '
+    f'(steps {", ".join(f"{t:.3f}" for t in r["train_steps"])}); '
+    f'eval {r["eval_s"]:.3f} s/step = {batch / r["eval_s"]:.1f} img/s '
+    f'(steps {", ".join(f"{t:.3f}" for t in r["eval_steps"])})',
+    flush=True,
+  )
+
+
+def main(argv):
+  del argv
+  batch, size, steps = _BATCH.value, _IMAGE_SIZE.value, _STEPS.value
+  print(
+    f'{_BACKBONE.value} width {_WIDTH.value} at {size}x{size}, batch {batch}, '
+    f'{_NUM_CLASSES.value} attributes; {jax.device_count()} {jax.devices()[0].platform} '
+    f'device(s), {os.cpu_count()} CPUs; median of {steps} timed steps after 1 warm-up, '
+    'variants interleaved.',
+    flush=True,
+  )
+  configs = {
+    v: bench_config(_BACKBONE.value, size, batch, _WIDTH.value, v) for v in _VARIANTS.value
+  }
+  jax_benches = {}
+  for variant, config in configs.items():
+    logging.info('Compiling JAX %s...', variant)
+    jax_benches[variant] = build_jax(config, _NUM_CLASSES.value)
+  time_interleaved(jax_benches, steps)
+  rss = peak_rss_mb()
+  for variant, r in jax_benches.items():
+    _report(f'JAX {variant}', batch, r)
+  print(f'JAX process peak RSS: {rss:.0f} MB', flush=True)
+  if 'full' in jax_benches and 'primary' in jax_benches:
+    for kind in ('train', 'eval'):
+      ratio = jax_benches['full'][f'{kind}_s'] / jax_benches['primary'][f'{kind}_s']
+      print(
+        f'full / primary {kind} step time: {ratio:.3f} (method overhead {100 * (ratio - 1):+.1f}%)'
+      )
+  if _COMPARE_TORCH.value:
+    torch_benches = {v: build_torch(c, _NUM_CLASSES.value) for v, c in configs.items()}
+    time_interleaved(torch_benches, steps)
+    for variant, r in torch_benches.items():
+      _report(f'PyTorch {variant}', batch, r)
+    print(f'process peak RSS after PyTorch: {peak_rss_mb():.0f} MB', flush=True)
+    for variant, r in torch_benches.items():
+      for kind in ('train', 'eval'):
+        ratio = jax_benches[variant][f'{kind}_s'] / r[f'{kind}_s']
+        print(f'JAX / PyTorch {variant} {kind} step time: {ratio:.3f}')
+
+
+if __name__ == '__main__':
+  app.run(main)
