@@ -3,9 +3,17 @@
 Two `ocp.CheckpointManager`s under the workdir:
   checkpoints/<step>  the latest `keep` states (periodic, end of epoch, preemption);
   best/<step>         the state with the best validation metric so far (one kept).
-Saves are asynchronous; Orbax writes each checkpoint to a temporary directory and
-renames it when complete, so a run killed during a save restarts from the
-previous complete checkpoint.
+Saves are asynchronous; Orbax writes each checkpoint to a temporary directory
+(`<step>.orbax-checkpoint-tmp`) and renames it when complete, and the older ones
+are deleted only after that, so a run killed during a save restarts from the
+previous complete checkpoint and never lists a partial one. The training loop
+also removes such leftovers at start (`cleanup_tmp`); tools that only restore
+leave them alone, since a live run may be writing one.
+
+Several processes (multi-host): every process constructs the managers and calls
+every save and restore (Orbax synchronises them); process 0, Orbax's primary
+host, creates, renames and deletes the directories, and each process writes the
+array shards it owns. The workdir must be on a file system that all hosts see.
 """
 
 from pathlib import Path
@@ -18,21 +26,38 @@ from absl import logging
 class Checkpointer:
   """Saves and restores a train-state pytree (latest k + best)."""
 
-  def __init__(self, workdir: str | Path, keep: int = 2):
+  def __init__(self, workdir: str | Path, keep: int = 2, cleanup_tmp: bool = False):
+    """Opens (creates) `workdir/checkpoints` and `workdir/best`.
+
+    Args:
+      workdir: the run's workdir.
+      keep: how many of the latest checkpoints to keep.
+      cleanup_tmp: delete unfinished saves left by a killed run (the training
+        loop only: a reader must not delete a live run's save in progress).
+    """
     workdir = Path(workdir).absolute()
+    common = dict(
+      create=True,
+      cleanup_tmp_directories=cleanup_tmp,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=0),
+    )
     self.latest = ocp.CheckpointManager(
       workdir / 'checkpoints',
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, **common),
     )
     self.best = ocp.CheckpointManager(
       workdir / 'best',
       options=ocp.CheckpointManagerOptions(
-        max_to_keep=1, best_fn=lambda metrics: metrics['value'], best_mode='max', create=True
+        max_to_keep=1, best_fn=lambda metrics: metrics['value'], best_mode='max', **common
       ),
     )
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
+
+  def all_steps(self) -> list[int]:
+    """Steps of the complete latest-k checkpoints, oldest first."""
+    return sorted(self.latest.all_steps())
 
   def best_step(self) -> int | None:
     return self.best.best_step()

@@ -12,6 +12,23 @@ inserts the collectives (gradient all-reduce, global-batch BatchNorm statistics,
 the all-gather of the batch's (index, p) pairs into the replicated history), so
 the step reads as single-device code and gives the same result on any number of
 devices or hosts.
+
+Faults (see docs/multihost.md):
+  * Preemption. SIGTERM (or SIGINT) makes the loop finish the current step, save a
+    checkpoint of it, wait for the write and exit with code 128 + signal (143 for
+    SIGTERM, 130 for SIGINT): non-zero, so a supervisor that restarts failed jobs
+    (Kubernetes, a retry loop) restarts it and a pipeline does not take a stopped
+    run for a finished one; SLURM requeues a preempted job whatever its code.
+    Re-running the same command resumes there. With several processes, every
+    process must stop at the same step, so SIGTERM is left to JAX's preemption
+    notifier (installed by `jax.distributed.initialize`): it tells all processes
+    and agrees on the step (`Checkpointer.reached_preemption`), whichever of them
+    got the signal.
+  * A process killed outright (SIGKILL, power loss) loses the steps since the
+    last checkpoint; Orbax commits a checkpoint by renaming its temporary
+    directory, so a restart never sees a partial one (and removes it).
+  * A corrupt image stops the run naming it, or is skipped
+    (`data.on_bad_image`, see `input_pipeline`).
 """
 
 import dataclasses
@@ -419,12 +436,23 @@ def _selection_value(result: dict[str, Any], config) -> float:
 
 
 class _Stop:
-  """Remembers SIGTERM/SIGINT so the loop can checkpoint at a step boundary."""
+  """Turns SIGTERM/SIGINT into a checkpoint at a step boundary.
 
-  def __init__(self):
+  One process: the handler remembers the signal and the loop stops after the
+  current step. Several processes: they must all stop after the same step, or the
+  others would wait forever in the next step's collectives. JAX's distributed
+  runtime catches SIGTERM itself (its preemption notifier), tells every process
+  and agrees on a step, which the loop polls every step through
+  `Checkpointer.reached_preemption`; so SIGTERM is left to it, and SIGINT (Ctrl-C)
+  is handed to it as a SIGTERM to this process.
+  """
+
+  def __init__(self, multiprocess: bool):
     self.signal = None
+    self._multiprocess = multiprocess
     self._previous = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    signals = (signal.SIGINT,) if multiprocess else (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
       try:
         self._previous[sig] = signal.signal(sig, self._handle)
       except ValueError:  # Not the main thread (e.g. some test runners).
@@ -434,6 +462,15 @@ class _Stop:
     del frame
     self.signal = signum
     logging.warning('Received signal %d: checkpointing at the next step boundary.', signum)
+    if self._multiprocess:
+      signal.raise_signal(signal.SIGTERM)  # To JAX's preemption notifier.
+
+  def requested(self) -> bool:
+    """Whether this process alone decides to stop (single process only)."""
+    return self.signal is not None and not self._multiprocess
+
+  def exit_code(self) -> int:
+    return 128 + (self.signal or signal.SIGTERM)
 
   def restore(self):
     for sig, handler in self._previous.items():
@@ -631,7 +668,7 @@ def train_and_evaluate(
     names = {'names': ex.info.attribute_names, 'positive_ratio': ex.info.positive_ratio.tolist()}
     (workdir / 'attributes.json').write_text(json.dumps(names) + '\n')
   state, spe, total_steps = ex.state, ex.steps_per_epoch, ex.total_steps
-  ckpt = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  ckpt = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints, cleanup_tmp=True)
   if ckpt.latest_step() is not None:
     state = ckpt.restore(state)
     logging.info('Resumed at step %d.', int(state.step))
@@ -640,7 +677,7 @@ def train_and_evaluate(
 
   writer = _Writer(workdir)
   report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer.clu)
-  stop = _Stop()
+  stop = _Stop(multiprocess=jax.process_count() > 1)
   step = int(state.step)
   batches = ex.train_batches(start_step=step)
   collection = None
@@ -678,13 +715,17 @@ def train_and_evaluate(
         value = _selection_value(result, config)
         writer.scalars(step, {f'val/{k}': v for k, v in _flat_scalars(result).items()})
         if config.schedule.name == 'plateau':
-          state = state.replace(plateau=ex.plateau_update(state.plateau, jnp.asarray(-value)))
+          state = state.replace(plateau=ex.plateau_update(state.plateau, np.float32(-value)))
         if value > float(state.best_metric):
-          state = state.replace(best_metric=jnp.asarray(value, jnp.float32))
+          # Placed like the rest of the state: with several processes a host-local
+          # array could not be checkpointed (every process holds the same value).
+          best = jax.device_put(np.float32(value), ex.replicated)
+          state = state.replace(best_metric=best)
           ckpt.save_best(step, state, value)
           logging.info('Step %d: new best validation %s = %.4f', step, config.eval.metric, value)
 
-      preempted = stop.signal is not None or ckpt.reached_preemption(step)
+      # Every process polls the agreed preemption step every step (JAX requires it).
+      preempted = stop.requested() or ckpt.reached_preemption(step)
       if (
         step % config.train.checkpoint_every_steps == 0
         or end_of_epoch
@@ -696,8 +737,13 @@ def train_and_evaluate(
         ckpt.save(step, state)
       if preempted:
         ckpt.wait()
-        logging.warning('Stopped at step %d after checkpointing; re-run to resume.', step)
-        raise SystemExit(128 + (stop.signal or signal.SIGTERM))
+        logging.warning(
+          'Stopped at step %d after checkpointing; re-run the same command to resume '
+          '(exit code %d).',
+          step,
+          stop.exit_code(),
+        )
+        raise SystemExit(stop.exit_code())
   finally:
     stop.restore()
     ckpt.wait()
