@@ -16,12 +16,29 @@ Train stream (deterministic given the seed, resumable at any step):
 Eval stream: every example of the split exactly once, resized, in batches padded
 to a fixed size with `mask` False on the padding (metrics stay exact).
 
+Corrupt images (`data.on_bad_image`). tf.data has no try/except: an image that
+fails to decode fails the batch that holds it, and since elements keep their
+order that batch is known. Its records are then prepared again one by one,
+eagerly, which names the culprit (`image_id`, `index`): 'fail' (the default)
+stops with a `DataError` naming it; 'skip' logs it, filters its index out before
+decoding from then on, and restarts the stream at the same batch, so the batch is
+completed by the next examples. Clean data pays nothing for this (no per-example
+status, no Python in the map). With 'skip' the train stream of each process reads
+past the epoch's cut (its unused rest, then the epoch's start again) to stand in
+for skipped images, so every process still yields exactly `steps_per_epoch`
+batches per epoch and all processes change epoch together. Two things are no
+longer exact once an image was skipped: the global batch then depends on the
+process count, and a run resumed later in that epoch, which has not met the image
+yet, has its stream shifted by the skipped images. In evaluation a skipped image
+is left out of the metrics (logged, and `num_examples` shows it).
+
 Images leave the pipeline as uint8 (4x less host->device traffic); normalisation
 with the ImageNet statistics happens on device (`normalize`).
 """
 
 import dataclasses
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Generator, Iterator
 
 import jax.numpy as jnp
 import ml_collections
@@ -31,6 +48,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from jaxattr.data import common
+
+BAD_IMAGE_MODES = ('fail', 'skip')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,18 +264,25 @@ def train_batches(
   """
   if global_batch % process_count:
     raise ValueError(f'Global batch {global_batch} is not divisible by {process_count} processes.')
+  mode = bad_image_mode(data_config)
   local_batch = global_batch // process_count
-  num_examples = builder.info.splits[data_config.train_split].num_examples
+  split = data_config.train_split
+  num_examples = builder.info.splits[split].num_examples
   spe = steps_per_epoch(num_examples, global_batch)
-  base = _encoded(builder, data_config.train_split, data_config.cache)
+  base = _encoded(builder, split, data_config.cache)
   buffer = min(data_config.shuffle_buffer, num_examples)
   epoch, offset = divmod(start_step, spe)
+  bad: set[int] = set()  # Indices of corrupt images met by this process ('skip').
 
   while True:
-    # One fixed shuffle per epoch, the same in every process.
-    ds = base.shuffle(buffer, seed=seed * 1_000_003 + epoch, reshuffle_each_iteration=False)
-    ds = ds.take(spe * global_batch).skip(offset * global_batch)
-    ds = ds.shard(process_count, process_index)
+
+    def records(epoch=epoch, offset=offset):
+      # One fixed shuffle per epoch, the same in every process.
+      ds = base.shuffle(buffer, seed=seed * 1_000_003 + epoch, reshuffle_each_iteration=False)
+      # 'skip' reads on past the epoch's cut to replace skipped images (see module doc).
+      ds = ds.repeat(2) if mode == 'skip' else ds.take(spe * global_batch)
+      ds = ds.skip(offset * global_batch).shard(process_count, process_index)
+      return _without(ds, bad)
 
     def prepare_example(ex, epoch=epoch):
       example_seed = tf.stack(
@@ -272,9 +298,27 @@ def train_batches(
         'index': tf.cast(ex['index'], tf.int32),
       }
 
-    ds = ds.map(prepare_example, num_parallel_calls=data_config.num_parallel_calls)
-    ds = ds.batch(local_batch, drop_remainder=True).prefetch(data_config.prefetch)
-    yield from ds.with_options(_options()).as_numpy_iterator()
+    def make_batches(skip, records=records, prepare_example=prepare_example, offset=offset):
+      ds = records().skip(skip)
+      ds = ds.map(prepare_example, num_parallel_calls=data_config.num_parallel_calls)
+      ds = ds.batch(local_batch, drop_remainder=True).take(spe - offset - skip // local_batch)
+      return ds.prefetch(data_config.prefetch).with_options(_options())
+
+    done = yield from _guarded_batches(
+      make_batches,
+      records,
+      prepare_example,
+      local_batch=local_batch,
+      mode=mode,
+      split=split,
+      bad=bad,
+    )
+    if done < spe - offset:
+      raise common.DataError(
+        f'Epoch {epoch} of split {split!r} ran out after {done} of {spe - offset} batches: '
+        f'process {process_index} skipped {len(bad)} corrupt images, more than the split '
+        'can stand in for.'
+      )
     epoch, offset = epoch + 1, 0
 
 
@@ -305,11 +349,15 @@ def eval_batches(
   """
   if global_batch % process_count:
     raise ValueError(f'Eval batch {global_batch} is not divisible by {process_count} processes.')
+  mode = bad_image_mode(data_config)
   local_batch = global_batch // process_count
   num_examples = builder.info.splits[split].num_examples
   per_process = -(-num_examples // process_count)
   num_batches = max(1, -(-per_process // local_batch))
-  ds = _encoded(builder, split, cache=False).shard(process_count, process_index)
+  bad: set[int] = set()
+
+  def records():
+    return _without(_encoded(builder, split, cache=False).shard(process_count, process_index), bad)
 
   def prepare_example(ex):
     out = {
@@ -321,20 +369,130 @@ def eval_batches(
     out.update({k: ex[k] for k in extra_keys})
     return out
 
-  ds = ds.map(prepare_example, num_parallel_calls=data_config.num_parallel_calls)
-  ds = ds.with_options(_options())
+  def make_batches(skip):
+    ds = records().skip(skip)
+    ds = ds.map(prepare_example, num_parallel_calls=data_config.num_parallel_calls)
+    return ds.batch(local_batch).prefetch(data_config.prefetch).with_options(_options())
+
+  spec = make_batches(0).element_spec
 
   def batches():
     count = 0
-    for batch in ds.batch(local_batch).prefetch(data_config.prefetch).as_numpy_iterator():
+    for batch in _guarded_batches(
+      make_batches,
+      records,
+      prepare_example,
+      local_batch=local_batch,
+      mode=mode,
+      split=split,
+      bad=bad,
+    ):
       yield _pad(batch, local_batch)
       count += 1
-    spec = ds.element_spec
     while count < num_batches:  # This process ran out earlier than others.
-      yield {k: np.zeros((local_batch, *s.shape), s.dtype.as_numpy_dtype) for k, s in spec.items()}
+      yield {
+        k: np.zeros((local_batch, *s.shape[1:]), s.dtype.as_numpy_dtype) for k, s in spec.items()
+      }
       count += 1
 
   return batches(), num_batches
+
+
+def bad_image_mode(data_config: ml_collections.ConfigDict) -> str:
+  """`data.on_bad_image`, checked."""
+  mode = data_config.get('on_bad_image', 'fail')
+  if mode not in BAD_IMAGE_MODES:
+    raise ValueError(f'data.on_bad_image must be one of {BAD_IMAGE_MODES}, not {mode!r}.')
+  return mode
+
+
+def _without(ds: tf.data.Dataset, bad: set[int]) -> tf.data.Dataset:
+  """Drops the records whose index is in `bad` (before decoding, so it costs nothing)."""
+  if not bad:
+    return ds
+  bad_indices = tf.constant(sorted(bad), tf.int64)
+
+  def keep(ex):
+    return tf.logical_not(tf.reduce_any(tf.equal(tf.cast(ex['index'], tf.int64), bad_indices)))
+
+  return ds.filter(keep)
+
+
+def _guarded_batches(
+  make_batches: Callable[[int], tf.data.Dataset],
+  records: Callable[[], tf.data.Dataset],
+  prepare: Callable[[dict], dict],
+  *,
+  local_batch: int,
+  mode: str,
+  split: str,
+  bad: set[int],
+) -> Generator[dict[str, np.ndarray], None, int]:
+  """The batches of `make_batches(0)`, naming (and in 'skip' mode dropping) corrupt images.
+
+  Args:
+    make_batches: skip -> the batches of `records()` after its first `skip` records.
+    records: this process's encoded records in stream order, without those in `bad`.
+    prepare: the per-record map of `make_batches` (run eagerly to find a culprit).
+    local_batch: records per batch.
+    mode: 'fail' or 'skip'.
+    split: split name (for messages).
+    bad: indices to leave out; 'skip' adds the culprits it finds.
+
+  Yields:
+    numpy batches.
+
+  Returns:
+    The number of batches yielded.
+
+  Raises:
+    DataError: in 'fail' mode, naming the corrupt images.
+  """
+  done = 0
+  while True:
+    try:
+      for batch in make_batches(done * local_batch).as_numpy_iterator():
+        done += 1
+        yield batch
+      return done
+    except tf.errors.OpError as error:
+      # The failed batch is the next one: its records, prepared one at a time.
+      culprits = _find_bad(records().skip(done * local_batch).take(local_batch), prepare)
+      if not culprits:  # Not an image's fault (e.g. an unreadable file): as it was.
+        raise
+      if mode == 'fail':
+        named = '; '.join(f'{i!r} (index {n}: {why.rstrip(".")})' for n, i, why in culprits)
+        raise common.DataError(
+          f'Corrupt image in split {split!r}: {named}. Replace or remove it and rebuild the '
+          'dataset, or set --config.data.on_bad_image=skip to leave corrupt images out.'
+        ) from error
+      for index, image_id, why in culprits:
+        logging.warning(
+          'Skipping corrupt image %r (index %d) of split %r: %s', image_id, index, split, why
+        )
+        bad.add(index)
+
+
+def _find_bad(records: tf.data.Dataset, prepare: Callable[[dict], dict]) -> list[tuple]:
+  """(index, image_id, reason) of every record that `prepare` fails on."""
+  found = []
+  try:
+    for ex in records:
+      try:
+        prepare(ex)
+      except tf.errors.OpError as e:
+        image_id = ex['image_id'].numpy().decode('utf-8', 'replace')
+        found.append((int(ex['index']), image_id, _reason(e)))
+  except tf.errors.OpError:  # The records themselves cannot be read.
+    pass
+  return found
+
+
+def _reason(error: tf.errors.OpError) -> str:
+  """The op's own words, without TF's function-node prefix and op suffix."""
+  text = re.sub(r'\{\{function_node [^}]*\}\}', '', error.message)
+  text = re.sub(r'\[Op:\w+\].*', '', text, flags=re.S)
+  return ' '.join(text.split())
 
 
 def _pad(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
