@@ -399,7 +399,14 @@ def eval_batches(
 
 
 def bad_image_mode(data_config: ml_collections.ConfigDict) -> str:
-  """`data.on_bad_image`, checked."""
+  """What to do with a corrupt image: `data.on_bad_image`, checked.
+
+  Args:
+    data_config: `config.data`.
+
+  Returns:
+    'fail' or 'skip'.
+  """
   mode = data_config.get('on_bad_image', 'fail')
   if mode not in BAD_IMAGE_MODES:
     raise ValueError(f'data.on_bad_image must be one of {BAD_IMAGE_MODES}, not {mode!r}.')
