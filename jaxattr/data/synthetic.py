@@ -27,25 +27,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image, ImageDraw
 
-from jaxattr.data import common
+from jaxattr.data import common, wider
 
-# The 14 WIDER-Attribute attributes, in the dataset's order.
-ATTRIBUTES = (
-  'Male',
-  'longHair',
-  'sunglass',
-  'Hat',
-  'Tshirt',
-  'longSleeve',
-  'formal',
-  'shorts',
-  'jeans',
-  'longPants',
-  'skirt',
-  'faceMask',
-  'logo',
-  'stripe',
-)
+# The 14 WIDER-Attribute attributes, same names and order as the real dataset.
+ATTRIBUTES = wider.ATTRIBUTE_NAMES
 # Positive ratios of the WIDER-Attribute train split, same order.
 POSITIVE_RATIOS = (
   0.563,
