@@ -3,6 +3,7 @@
   python experiments/bench_train.py --backbone=resnet50 --batch=8 --image_size=224
   python experiments/bench_train.py --backbone=resnet50 --batch=8 --image_size=224 \
       --compare_torch
+  python experiments/bench_train.py --backbone=resnet50 --batch=8 --image_size=224 --pieces
   python experiments/bench_train.py --backbone=resnet18 --width=0.125 --image_size=112 \
       --batch=32 --steps=10       # the demo's model
 
@@ -43,6 +44,7 @@ if str(ROOT) not in sys.path:  # Run as a script: make `configs` importable.
 
 from configs import default  # noqa: E402
 from jaxattr import losses, train  # noqa: E402
+from jaxattr.models import attention as attention_lib  # noqa: E402
 from jaxattr.models import model as model_lib  # noqa: E402
 
 _BACKBONE = flags.DEFINE_enum('backbone', 'resnet50', default.BACKBONES, 'Backbone.')
@@ -53,6 +55,12 @@ _STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps per measurement (after on
 _NUM_CLASSES = flags.DEFINE_integer('num_classes', 14, 'Attributes (14 = WIDER-Attribute).')
 _COMPARE_TORCH = flags.DEFINE_bool('compare_torch', False, 'Also time the PyTorch reference.')
 _VARIANTS = flags.DEFINE_list('variants', ['full', 'primary'], 'Subset of: full, primary.')
+_PIECES = flags.DEFINE_bool(
+  'pieces',
+  False,
+  'Also time the attention pieces alone (mask branch, classifier, its full-spatial conv '
+  'against the same contraction as one matmul), forward and forward+backward.',
+)
 
 NUM_TRAIN = 1024  # History rows; only the batch's rows are read and written per step.
 
@@ -195,6 +203,81 @@ def time_interleaved(benches: dict[str, dict], steps: int) -> None:
       b[f'{kind}_s'] = statistics.median(b[f'{kind}_steps'])
 
 
+def time_pieces(config, num_classes: int, steps: int) -> list[tuple[str, float, float]]:
+  """Median seconds (forward, forward+backward) of the attention pieces at each tap.
+
+  The taps' shapes come from the real backbone (`jax.eval_shape`); inputs are random.
+  The classifier's last conv has a kernel as large as its input, so it is one
+  contraction over (H, W, channels): it is timed both as the convolution the model
+  runs and as a reshape + matmul, which computes the same numbers.
+
+  Returns:
+    (name, forward seconds, forward+backward seconds) per piece.
+  """
+  m, batch = config.model, config.train.batch_size
+  size = config.data.image_size
+  backbone = model_lib.create_backbone(m.backbone, m.width)
+  taps = jax.eval_shape(
+    lambda: backbone.init_with_output(jax.random.key(0), jnp.zeros((batch, size, size, 3)), False)
+  )[0]
+  mask_ch = model_lib.scale_channels(m.attention.mask_channels, m.width)
+  clf_ch = tuple(model_lib.scale_channels(c, m.width) for c in m.attention.classifier_channels)
+  rng = np.random.default_rng(0)
+  rows = []
+
+  def timed(name, fn, *args):
+    forward = jax.jit(fn)
+    grad = jax.jit(
+      jax.grad(lambda *a: jnp.sum(jnp.square(fn(*a))), argnums=tuple(range(len(args))))
+    )
+    fwd = statistics.median(
+      time_calls(lambda: jax.block_until_ready(forward(*args)), steps + 1)[1:]
+    )
+    bwd = statistics.median(time_calls(lambda: jax.block_until_ready(grad(*args)), steps + 1)[1:])
+    rows.append((name, fwd, bwd))
+
+  def module_fn(module, x):
+    variables = module.init(jax.random.key(0), x, train=False)
+
+    def fn(params, x):
+      out, _ = module.apply(
+        {'params': params, 'batch_stats': variables['batch_stats']},
+        x,
+        train=True,
+        mutable=['batch_stats'],
+      )
+      return jnp.concatenate([o.reshape(-1) for o in (out if isinstance(out, tuple) else (out,))])
+
+    return fn, variables['params']
+
+  for level, tap in ((3, taps['k1']), (4, taps['k2'])):
+    b, h, w, _ = tap.shape
+    x = jnp.asarray(rng.normal(size=tap.shape), jnp.float32)
+    fn, params = module_fn(attention_lib.AttentionMask(num_classes, mask_ch), x)
+    timed(f'stage {level} mask branch on {h}x{w}x{tap.shape[-1]}', fn, params, x)
+    u = jnp.asarray(rng.uniform(size=(b, h, w, num_classes)) / (h * w), jnp.float32)
+    fn, params = module_fn(attention_lib.AttentionClassifier(num_classes, clf_ch), u)
+    timed(f'stage {level} attention classifier', fn, params, u)
+    c_in, c_out = clf_ch[1], clf_ch[2]
+    y = jnp.asarray(rng.normal(size=(b, h, w, c_in)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(h, w, c_in, c_out)) / np.sqrt(h * w * c_in), jnp.float32)
+
+    def conv(k, y):
+      return jax.lax.conv_general_dilated(
+        y, k, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+      )
+
+    def matmul(k, y):
+      return (y.reshape(y.shape[0], -1) @ k.reshape(-1, k.shape[-1])).reshape(-1, 1, 1, k.shape[-1])
+
+    np.testing.assert_allclose(
+      jax.jit(conv)(kernel, y), jax.jit(matmul)(kernel, y), rtol=1e-3, atol=1e-3
+    )
+    timed(f'stage {level} {h}x{w} full-spatial conv {c_in}->{c_out} as conv', conv, kernel, y)
+    timed(f'stage {level} {h}x{w} full-spatial conv {c_in}->{c_out} as matmul', matmul, kernel, y)
+  return rows
+
+
 def build_torch(config, num_classes: int) -> dict:
   """The same architecture in PyTorch (float32, NCHW, all CPU threads).
 
@@ -298,6 +381,10 @@ def main(argv):
       print(
         f'full / primary {kind} step time: {ratio:.3f} (method overhead {100 * (ratio - 1):+.1f}%)'
       )
+  if _PIECES.value:
+    config = bench_config(_BACKBONE.value, size, batch, _WIDTH.value, 'full')
+    for name, fwd, both in time_pieces(config, _NUM_CLASSES.value, steps):
+      print(f'{name}: forward {1e3 * fwd:.1f} ms, forward+backward {1e3 * both:.1f} ms', flush=True)
   if _COMPARE_TORCH.value:
     torch_benches = {v: build_torch(c, _NUM_CLASSES.value) for v, c in configs.items()}
     time_interleaved(torch_benches, steps)

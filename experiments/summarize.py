@@ -31,6 +31,7 @@ from experiments import launch  # noqa: E402
 _SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file, optionally with an argument: path[:arg].')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Root folder the sweep was launched into.')
 _OUT = flags.DEFINE_string('out', '', 'Write the markdown here ("" = print it).')
+_NOTE = flags.DEFINE_string('note', '', 'A line of provenance to put under the title.')
 
 # Config fields that set the budget and the recipe (stated above the table).
 BUDGET_KEYS = (
@@ -98,12 +99,13 @@ def _row_info(module, overrides: dict[str, Any]) -> tuple[str | None, float | No
   return None, None
 
 
-def summarize(sweep: 'launch.Sweep', workdir: str | Path) -> str:
+def summarize(sweep: 'launch.Sweep', workdir: str | Path, note: str = '') -> str:
   """The markdown summary of the finished runs of `sweep` under `workdir`.
 
   Args:
     sweep: the loaded sweep.
     workdir: the root folder given to the launcher.
+    note: a line put under the title (e.g. the code version the runs used).
 
   Returns:
     Markdown text (a heading, the budget and the table).
@@ -121,7 +123,7 @@ def summarize(sweep: 'launch.Sweep', workdir: str | Path) -> str:
     if run is not None:
       groups[config_key].append(run)
   runs = [r for g in groups.values() for r in g]
-  title = f'# Sweep `{sweep.name}`'
+  title = f'# Sweep `{sweep.name}`' + (f'\n\n{note}' if note else '')
   if not runs:
     return f'{title}\n\nNo finished runs under {Path(workdir) / sweep.name}.\n'
 
@@ -157,6 +159,11 @@ def summarize(sweep: 'launch.Sweep', workdir: str | Path) -> str:
   lines.append(
     f'{len(runs)} of {n_total} runs finished; wall time per run {np.nanmean(wall) / 60:.1f} min '
     f'(mean), {np.nansum(wall) / 60:.0f} min in total.'
+  )
+  at_end = sum(r['results'].get('best_step') == r['results'].get('steps') for r in runs)
+  lines.append(
+    f'Runs whose best validation step is their last: {at_end} of {len(runs)}'
+    + (' (still improving when the budget ended).' if at_end == len(runs) else '.')
   )
   lines.append('')
 
@@ -220,7 +227,7 @@ def _plain(value: Any) -> str:
 
 def main(argv):
   del argv
-  text = summarize(launch.Sweep(_SWEEP.value), _WORKDIR.value)
+  text = summarize(launch.Sweep(_SWEEP.value), _WORKDIR.value, _NOTE.value)
   if _OUT.value:
     Path(_OUT.value).parent.mkdir(parents=True, exist_ok=True)
     Path(_OUT.value).write_text(text)

@@ -321,7 +321,13 @@ def _write_run(run_dir, map_voc, ap_d, pointing=None, epochs=6):
   test = {'map_voc': map_voc, 'f1': 0.1, 'per_attribute': per_attribute}
   if pointing is not None:
     test['pointing_game'] = {'weighted_4': {'overall': pointing, 'per_attribute': {}}}
-  results = {'dataset': 'synthetic_attributes/small/1.0.0', 'test': test, 'wall_time_s': 120.0}
+  results = {
+    'dataset': 'synthetic_attributes/small/1.0.0',
+    'test': test,
+    'wall_time_s': 120.0,
+    'steps': 100,
+    'best_step': 100 if map_voc > 0.71 else 50,
+  }
   (run_dir / 'results.json').write_text(json.dumps(results))
   config = default.get_config()
   config.train.num_epochs = epochs
@@ -360,6 +366,7 @@ def test_summarize_hand_computed(fake_sweep, tmp_path):
   assert focal[7:] == ['—', '30.0 ± 7.1']  # Level 3 absent; level 4: 25, 35.
   assert 'train.num_epochs=6' in text
   assert '5 of 6 runs finished' in text
+  assert 'best validation step is their last: 4 of 5.' in text  # All but mAP 0.70.
   assert 'differ' not in text
 
 
@@ -372,7 +379,8 @@ def test_summarize_flags_mixed_budgets_and_real_data(fake_sweep, tmp_path):
     results = json.loads((d / 'results.json').read_text())
     results['dataset'] = 'wider_attribute/1.0.0'
     (d / 'results.json').write_text(json.dumps(results))
-  text = summarize.summarize(fake_sweep, workdir)
+  text = summarize.summarize(fake_sweep, workdir, note='Code: abc.')
+  assert text.startswith('# Sweep `fake_sweep_x`\n\nCode: abc.\n')
   assert 'differ in budget fields' in text and 'train.num_epochs' in text
   header, rows = _table_rows(text)
   assert header[4] == 'paper'
