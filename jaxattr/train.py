@@ -329,7 +329,10 @@ def create_train_state(
       params=params,
       batch_stats=variables.get('batch_stats', {}),
       opt_state={BACKBONE: tx.init(backbone), 'heads': tx.init(heads)},
-      history=hist.init(num_sources, num_train, config.history.length, num_classes),
+      # No attention, no history: an empty dict (Orbax cannot save zero-size arrays).
+      history=(
+        hist.init(num_sources, num_train, config.history.length, num_classes) if num_sources else {}
+      ),
       plateau=make_plateau(config).init(jnp.zeros(())),
       best_metric=jnp.full((), -jnp.inf, jnp.float32),
       rng=jax.random.key_data(jax.random.fold_in(key, 1)),

@@ -261,3 +261,16 @@ def test_eval_metrics_are_exact(data_dir):
   expected = metrics.compute_metrics(probs, labels, ex.info.attribute_names)
   for key in ('map_voc', 'map_sklearn', 'ma', 'acc', 'prec', 'rec', 'f1'):
     assert result[key] == pytest.approx(expected[key], abs=1e-4), key
+
+
+def test_primary_only_state_checkpoints(data_dir, tmp_path):
+  """Without attention there is no history; the state still saves and restores."""
+  config = make_config(data_dir, **{'model.attention.levels': (), 'loss.attention': 'bce'})
+  ex = train.create_experiment(config, devices=jax.devices()[:1])
+  state, _ = run_steps(ex, 2)
+  ckpt = checkpoints.Checkpointer(tmp_path)
+  ckpt.save(2, state)
+  ckpt.wait()
+  restored = checkpoints.Checkpointer(tmp_path).restore(state)
+  assert restored.history == {}
+  tree_allclose(restored.params, state.params)
