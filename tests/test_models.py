@@ -6,6 +6,7 @@ Expected values come from torchvision's published parameter counts, torchvision'
 layer names and output-size formula written out here, hand counts, and numpy.
 """
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -474,6 +475,38 @@ def test_attention_classifier_kernel_covers_its_input():
   assert set(variables['batch_stats']) == {'bn1', 'bn2', 'bn3'}
   with pytest.raises(ValueError, match='3 entries'):
     attention_lib.AttentionClassifier(NUM_CLASSES, (32, 64)).init(_key(0), u, train=False)
+
+
+@pytest.mark.parametrize('hw', [(4, 2), (1, 1), (3, 5)])
+def test_full_spatial_conv_equals_a_valid_convolution(hw):
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(3, *hw, 6)).astype(np.float32)
+  conv = attention_lib.FullSpatialConv(5)
+  y, variables = conv.init_with_output(_key(1), jnp.asarray(x))
+  kernel = np.asarray(variables['params']['kernel'])
+  assert kernel.shape == (*hw, 6, 5)
+  assert set(variables['params']) == {'kernel'}  # No bias: BatchNorm follows.
+  assert y.shape == (3, 1, 1, 5)
+  # Independent references: XLA's convolution and a numpy sum over the window.
+  reference = jax.lax.conv_general_dilated(
+    x,
+    kernel,
+    (1, 1),
+    'VALID',
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    precision=jax.lax.Precision.HIGHEST,
+  )
+  np.testing.assert_allclose(y, reference, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    y[:, 0, 0], np.einsum('bhwi,hwio->bo', x, kernel), rtol=1e-5, atol=1e-5
+  )
+  # The compute dtype is honoured, as nn.Conv does.
+  y16 = attention_lib.FullSpatialConv(5, dtype=jnp.bfloat16).apply(variables, jnp.asarray(x))
+  assert y16.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(y16, np.float32), reference, rtol=0.05, atol=0.05)
+  # A map of another size than the kernel's is refused, not silently reshaped.
+  with pytest.raises(flax.errors.ScopeParamShapeError):
+    conv.apply(variables, jnp.zeros((3, hw[0] + 1, hw[1], 6)))
 
 
 def test_full_size_head_parameter_counts():
