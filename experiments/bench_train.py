@@ -15,8 +15,9 @@ stages 3 and 4, L_w, variance-weighted L_a with an active history) and the prima
 network alone (no attention, plain BCE). Printed per variant: compile seconds,
 every timed step, the median step time and images/s of the train and eval steps,
 XLA's memory plan of each step and the peak resident memory of the process; then
-the full / primary step-time ratio (the method's overhead). The variants' steps
-alternate, so load from other processes falls on both alike.
+the full / primary step-time ratio (the method's overhead). The variants run in
+alternating blocks of consecutive steps (see `time_in_blocks`), so load from other
+processes falls on both alike.
 
 With --compare_torch the same architecture (`jaxattr.torch_reference`, NCHW, float32)
 is timed in PyTorch with as many threads as CPUs: train step = forward + BCE on the
@@ -51,7 +52,10 @@ _BACKBONE = flags.DEFINE_enum('backbone', 'resnet50', default.BACKBONES, 'Backbo
 _BATCH = flags.DEFINE_integer('batch', 8, 'Global batch size (train and eval).')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Square input size.')
 _WIDTH = flags.DEFINE_float('width', 1.0, 'Channel multiplier of backbone and heads.')
-_STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps per measurement (after one warm-up).')
+_STEPS = flags.DEFINE_integer('steps', 6, 'Timed train (and eval) steps per variant.')
+_BLOCK = flags.DEFINE_integer(
+  'block', 3, 'Consecutive timed steps of one variant before the next takes over.'
+)
 _NUM_CLASSES = flags.DEFINE_integer('num_classes', 14, 'Attributes (14 = WIDER-Attribute).')
 _COMPARE_TORCH = flags.DEFINE_bool('compare_torch', False, 'Also time the PyTorch reference.')
 _VARIANTS = flags.DEFINE_list('variants', ['full', 'primary'], 'Subset of: full, primary.')
@@ -184,21 +188,28 @@ def build_jax(config, num_classes: int) -> dict:
   return out
 
 
-def time_interleaved(benches: dict[str, dict], steps: int) -> None:
-  """Times `steps` train then eval steps of every bench, alternating between them.
+def time_in_blocks(benches: dict[str, dict], steps: int, block: int) -> None:
+  """Times `steps` train then eval steps of every bench, in alternating blocks.
 
-  Alternating spreads the load of other processes on a shared machine evenly over
-  the variants, so their ratio is fairer than from back-to-back blocks. Adds
-  `train_steps`, `eval_steps` (seconds of every timed step) and the medians
-  `train_s`, `eval_s` to each bench.
+  Each variant runs `block` consecutive timed steps, after one untimed step, before
+  the next variant takes over; the rounds repeat until `steps` steps are timed.
+  Consecutive steps are what training runs. The untimed step after each switch
+  matters on CPU: the first step of one program after another program's step
+  costs about 0.35 s more (ResNet-50, batch 8), because the allocator's free memory
+  has been reshaped by the other program, and timing it would charge an artefact of
+  the benchmark to whichever variant follows. Alternating blocks still spreads the
+  load of other processes on a shared machine over the variants. Adds `train_steps`,
+  `eval_steps` (seconds of every timed step) and the medians `train_s`, `eval_s`
+  to each bench.
   """
   for kind in ('train', 'eval'):
     for b in benches.values():
-      time_calls(b[kind], 1)  # Warm-up: first-call allocations.
       b[f'{kind}_steps'] = []
-    for _ in range(steps):
+    while len(next(iter(benches.values()))[f'{kind}_steps']) < steps:
       for b in benches.values():
-        b[f'{kind}_steps'] += time_calls(b[kind], 1)
+        n = min(block, steps - len(b[f'{kind}_steps']))
+        time_calls(b[kind], 1)  # Untimed: the first step after a switch.
+        b[f'{kind}_steps'] += time_calls(b[kind], n)
     for b in benches.values():
       b[f'{kind}_s'] = statistics.median(b[f'{kind}_steps'])
 
@@ -359,8 +370,8 @@ def main(argv):
   print(
     f'{_BACKBONE.value} width {_WIDTH.value} at {size}x{size}, batch {batch}, '
     f'{_NUM_CLASSES.value} attributes; {jax.device_count()} {jax.devices()[0].platform} '
-    f'device(s), {os.cpu_count()} CPUs; median of {steps} timed steps after 1 warm-up, '
-    'variants interleaved.',
+    f'device(s), {os.cpu_count()} CPUs; median of {steps} timed steps per variant, in '
+    f'alternating blocks of {_BLOCK.value} consecutive steps, each after 1 untimed step.',
     flush=True,
   )
   configs = {
@@ -370,7 +381,7 @@ def main(argv):
   for variant, config in configs.items():
     logging.info('Compiling JAX %s...', variant)
     jax_benches[variant] = build_jax(config, _NUM_CLASSES.value)
-  time_interleaved(jax_benches, steps)
+  time_in_blocks(jax_benches, steps, _BLOCK.value)
   rss = peak_rss_mb()
   for variant, r in jax_benches.items():
     _report(f'JAX {variant}', batch, r)
@@ -387,7 +398,7 @@ def main(argv):
       print(f'{name}: forward {1e3 * fwd:.1f} ms, forward+backward {1e3 * both:.1f} ms', flush=True)
   if _COMPARE_TORCH.value:
     torch_benches = {v: build_torch(c, _NUM_CLASSES.value) for v, c in configs.items()}
-    time_interleaved(torch_benches, steps)
+    time_in_blocks(torch_benches, steps, _BLOCK.value)
     for variant, r in torch_benches.items():
       _report(f'PyTorch {variant}', batch, r)
     print(f'process peak RSS after PyTorch: {peak_rss_mb():.0f} MB', flush=True)
