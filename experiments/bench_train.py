@@ -194,10 +194,12 @@ def time_in_blocks(benches: dict[str, dict], steps: int, block: int) -> None:
   Each variant runs `block` consecutive timed steps, after one untimed step, before
   the next variant takes over; the rounds repeat until `steps` steps are timed.
   Consecutive steps are what training runs. The untimed step after each switch
-  matters on CPU: the first step of one program after another program's step
-  costs about 0.35 s more (ResNet-50, batch 8), because the allocator's free memory
-  has been reshaped by the other program, and timing it would charge an artefact of
-  the benchmark to whichever variant follows. Alternating blocks still spreads the
+  matters on CPU: the first full-method step after primary-only steps costs about
+  0.35 s more (ResNet-50, batch 8). getrusage shows the same ~360k minor page faults
+  as the steps that follow but twice their system CPU time (1.2-1.5 s against
+  0.5-0.6 s): the kernel's cost of re-faulting XLA's buffers after the other
+  program's. Timing that step would charge an artefact of the benchmark, not of
+  training, to whichever variant follows. Alternating blocks still spreads the
   load of other processes on a shared machine over the variants. Adds `train_steps`,
   `eval_steps` (seconds of every timed step) and the medians `train_s`, `eval_s`
   to each bench.
