@@ -14,7 +14,8 @@ are measured in the same process: the full method (config defaults: attention at
 stages 3 and 4, L_w, variance-weighted L_a with an active history) and the primary
 network alone (no attention, plain BCE). Printed per variant: compile seconds,
 every timed step, the median step time and images/s of the train and eval steps,
-XLA's memory plan of each step and the peak resident memory of the process; then
+the minor page faults and system CPU time per train step, XLA's memory plan of
+each step and the peak resident memory of the process; then
 the full / primary step-time ratio (the method's overhead). The variants run in
 alternating blocks of consecutive steps (see `time_in_blocks`), so load from other
 processes falls on both alike.
@@ -201,19 +202,26 @@ def time_in_blocks(benches: dict[str, dict], steps: int, block: int) -> None:
   program's. Timing that step would charge an artefact of the benchmark, not of
   training, to whichever variant follows. Alternating blocks still spreads the
   load of other processes on a shared machine over the variants. Adds `train_steps`,
-  `eval_steps` (seconds of every timed step) and the medians `train_s`, `eval_s`
-  to each bench.
+  `eval_steps` (seconds of every timed step), the medians `train_s`, `eval_s`, and
+  the process's minor page faults and system CPU seconds per timed step
+  (`train_faults`, `train_sys_s`, `eval_faults`, `eval_sys_s`) to each bench.
   """
   for kind in ('train', 'eval'):
     for b in benches.values():
-      b[f'{kind}_steps'] = []
+      b[f'{kind}_steps'], b[f'{kind}_faults'], b[f'{kind}_sys_s'] = [], 0, 0.0
     while len(next(iter(benches.values()))[f'{kind}_steps']) < steps:
       for b in benches.values():
         n = min(block, steps - len(b[f'{kind}_steps']))
         time_calls(b[kind], 1)  # Untimed: the first step after a switch.
+        before = resource.getrusage(resource.RUSAGE_SELF)
         b[f'{kind}_steps'] += time_calls(b[kind], n)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        b[f'{kind}_faults'] += after.ru_minflt - before.ru_minflt
+        b[f'{kind}_sys_s'] += after.ru_stime - before.ru_stime
     for b in benches.values():
       b[f'{kind}_s'] = statistics.median(b[f'{kind}_steps'])
+      b[f'{kind}_faults'] /= steps
+      b[f'{kind}_sys_s'] /= steps
 
 
 def time_pieces(config, num_classes: int, steps: int) -> list[tuple[str, float, float]]:
@@ -361,7 +369,9 @@ def _report(name: str, batch: int, r: dict[str, float]) -> None:
     f'train {r["train_s"]:.3f} s/step = {batch / r["train_s"]:.1f} img/s '
     f'(steps {", ".join(f"{t:.3f}" for t in r["train_steps"])}); '
     f'eval {r["eval_s"]:.3f} s/step = {batch / r["eval_s"]:.1f} img/s '
-    f'(steps {", ".join(f"{t:.3f}" for t in r["eval_steps"])})',
+    f'(steps {", ".join(f"{t:.3f}" for t in r["eval_steps"])}); '
+    f'per train step {r["train_faults"] / 1e3:.0f}k minor page faults and '
+    f'{r["train_sys_s"]:.2f} s system CPU',
     flush=True,
   )
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import subprocess
 import sys
 import textwrap
@@ -394,3 +395,57 @@ def test_mean_std():
   assert std == pytest.approx(np.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2))
   assert math.isnan(summarize.mean_std([0.5])[1])
   assert summarize.format_mean_std([]) == '—'
+
+
+# --- bench_train ------------------------------------------------------------------
+
+
+def test_bench_time_in_blocks_runs_consecutive_blocks_after_an_untimed_step():
+  from experiments import bench_train
+
+  calls = []
+  benches = {
+    v: {k: (lambda v=v, k=k: calls.append((v, k))) for k in ('train', 'eval')} for v in 'ab'
+  }
+  bench_train.time_in_blocks(benches, steps=5, block=2)
+  train = [v for v, k in calls if k == 'train']
+  # Blocks of 1 untimed + 2 timed, 1 + 2, then 1 + 1 for the last odd step.
+  assert ''.join(train) == 'aaabbbaaabbbaabb'
+  assert [k for _, k in calls] == ['train'] * 16 + ['eval'] * 16
+  for b in benches.values():
+    assert len(b['train_steps']) == len(b['eval_steps']) == 5
+    assert b['train_s'] == sorted(b['train_steps'])[2]
+    assert b['train_faults'] >= 0 and b['train_sys_s'] >= 0
+
+
+def test_bench_train_prints_every_figure():
+  result = subprocess.run(
+    [
+      sys.executable,
+      str(EXPERIMENTS / 'bench_train.py'),
+      '--backbone=resnet18',
+      '--width=0.0625',
+      '--image_size=64',
+      '--batch=4',
+      '--steps=2',
+      '--block=1',
+      '--compare_torch',
+      '--pieces',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = result.stdout
+  for variant in ('full', 'primary'):
+    line = next(x for x in out.splitlines() if x.startswith(f'JAX {variant}:'))
+    assert 'compile train' in line and 'img/s' in line and 'minor page faults' in line
+    assert line.count(', ') >= 2  # Two timed steps listed per kind.
+    assert f'PyTorch {variant}: train' in out
+  assert 'full / primary train step time:' in out and 'method overhead' in out
+  assert 'JAX / PyTorch full train step time:' in out
+  for level in (3, 4):
+    assert f'stage {level} attention classifier: forward' in out
+    assert re.search(rf'stage {level} \d+x\d+ full-spatial conv 32->32 as matmul: forward', out)
