@@ -20,6 +20,7 @@ SIGINT after checkpointing (run the same command again to resume); 1 = error
 (a data error prints one line naming the file or image).
 """
 
+import logging as std_logging
 import os
 
 from absl import app, flags, logging
@@ -33,11 +34,32 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
 flags.DEFINE_integer('process_id', None, 'Multi-host: index of this process.')
+flags.DEFINE_bool(
+  'orbax_logs',
+  False,
+  "Keep Orbax's INFO lines (about 20 per checkpoint save); its warnings and errors are "
+  'always shown.',
+)
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+class _DropLibraryInfo(std_logging.Filter):
+  """Drops records below WARNING logged from inside the given packages."""
+
+  def __init__(self, packages: tuple[str, ...]):
+    super().__init__()
+    self._parts = tuple(f'{os.sep}{p}{os.sep}' for p in packages)
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or not any(
+      p in record.pathname for p in self._parts
+    )
 
 
 def main(argv):
   del argv
+  if not FLAGS.orbax_logs:
+    logging.get_absl_handler().addFilter(_DropLibraryInfo(('orbax',)))
   # TensorFlow only feeds the input pipeline: keep it off the accelerators.
   import tensorflow as tf
 

@@ -1,6 +1,8 @@
 """Tests of the training system on the tiny synthetic dataset (configs/test.py)."""
 
 import json
+import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +89,24 @@ def test_main_writes_everything(data_dir, tmp_path):
   assert any('train/loss' in r for r in rows) and any('val/map_voc' in r for r in rows)
   config = json.loads((workdir / 'config.json').read_text())
   assert config['model']['backbone'] == 'resnet18'
+  # Orbax's INFO chatter (about 20 lines per save) is filtered; our own lines stay.
+  assert 'new best validation map' in proc.stderr
+  for orbax_file in ('checkpoint_manager.py', 'async_checkpointer.py', 'event_tracking.py'):
+    assert f'{orbax_file}:' not in proc.stderr, orbax_file
+
+
+def test_library_info_filter():
+  from jaxattr.main import _DropLibraryInfo
+
+  def record(path, level):
+    return logging.LogRecord('absl', level, path, 1, 'message', None, None)
+
+  keep = _DropLibraryInfo(('orbax',)).filter
+  orbax = os.path.join('', 'site-packages', 'orbax', 'checkpoint', 'checkpoint_manager.py')
+  assert not keep(record(orbax, logging.INFO))
+  assert keep(record(orbax, logging.WARNING)) and keep(record(orbax, logging.ERROR))
+  assert keep(record(os.path.join('', 'jaxattr', 'train.py'), logging.INFO))
+  assert keep(record(os.path.join('', 'site-packages', 'orbaxlike', 'x.py'), logging.INFO))
 
 
 @pytest.mark.parametrize(
