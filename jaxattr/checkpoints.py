@@ -16,11 +16,31 @@ host, creates, renames and deletes the directories, and each process writes the
 array shards it owns. The workdir must be on a file system that all hosts see.
 """
 
+import logging as std_logging
+import os
 from pathlib import Path
 from typing import Any
 
 import orbax.checkpoint as ocp
 from absl import logging
+
+
+class DropLibraryInfo(std_logging.Filter):
+  """Drops log records below WARNING that come from inside the given packages."""
+
+  def __init__(self, packages: tuple[str, ...]):
+    super().__init__()
+    self._parts = tuple(f'{os.sep}{p}{os.sep}' for p in packages)
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or not any(
+      p in record.pathname for p in self._parts
+    )
+
+
+def quiet_orbax_logs() -> None:
+  """Hides Orbax's INFO lines (about 20 per save) from absl's log; keeps its warnings."""
+  logging.get_absl_handler().addFilter(DropLibraryInfo(('orbax',)))
 
 
 class Checkpointer:

@@ -18,7 +18,6 @@ The thresholds also go to `<workdir>/thresholds.json`, where `jaxattr.predict` a
 `jaxattr.export` pick them up for that checkpoint.
 """
 
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -224,10 +223,12 @@ def evaluate_run(
         'criterion': 'per-attribute F1',
         'thresholds': report['tuned_thresholds']['thresholds'],
       }
-      (workdir / inference.THRESHOLDS_FILE).write_text(json.dumps(thresholds_file, indent=2) + '\n')
+      (workdir / inference.THRESHOLDS_FILE).write_text(
+        metrics.to_json(thresholds_file, indent=2) + '\n'
+      )
   if write:
     path = workdir / f'eval_{split}_{checkpoint}.json'
-    path.write_text(json.dumps(report, indent=2, default=float) + '\n')
+    path.write_text(metrics.to_json(report, indent=2) + '\n')
     report['path'] = str(path)
   return report
 

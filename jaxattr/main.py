@@ -20,7 +20,6 @@ SIGINT after checkpointing (run the same command again to resume); 1 = error
 (a data error prints one line naming the file or image).
 """
 
-import logging as std_logging
 import os
 
 from absl import app, flags, logging
@@ -43,27 +42,17 @@ flags.DEFINE_bool(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-class _DropLibraryInfo(std_logging.Filter):
-  """Drops records below WARNING logged from inside the given packages."""
-
-  def __init__(self, packages: tuple[str, ...]):
-    super().__init__()
-    self._parts = tuple(f'{os.sep}{p}{os.sep}' for p in packages)
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or not any(
-      p in record.pathname for p in self._parts
-    )
-
-
 def main(argv):
   del argv
-  if not FLAGS.orbax_logs:
-    logging.get_absl_handler().addFilter(_DropLibraryInfo(('orbax',)))
   # TensorFlow only feeds the input pipeline: keep it off the accelerators.
   import tensorflow as tf
 
   tf.config.set_visible_devices([], 'GPU')
+
+  if not FLAGS.orbax_logs:
+    from jaxattr import checkpoints
+
+    checkpoints.quiet_orbax_logs()
 
   import jax
 

@@ -8,7 +8,8 @@ always ignores unknown labels.
   to `sklearn.metrics.average_precision_score`).
 - `label_based` / `example_based`: the PETA / PA-100K / RAP protocol (strict
   `p > threshold`, eps = 1e-20).
-- `compute_metrics`: all of the above as a JSON-serialisable dict.
+- `compute_metrics`: all of the above as a JSON-serialisable dict; `to_json`
+  writes such dicts as standard JSON (an undefined metric, nan here, is null there).
 - `pointing_game` / `pointing_game_cells`: localisation accuracy of attention masks
   (or of their argmax cells) against boxes.
 - `EvalOutputs` / `gather`: collect eval-step outputs over (padded) batches on the
@@ -16,6 +17,8 @@ always ignores unknown labels.
   loss terms.
 """
 
+import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,6 +27,35 @@ import numpy as np
 from clu import metrics as clu_metrics
 
 AP_METHODS = ('voc', 'sklearn')
+
+
+def to_json(tree: Any, indent: int | None = None) -> str:
+  """Standard JSON of nested metrics: nan and +-inf become null.
+
+  An attribute without a labelled positive has no AP (nan); Python's json would
+  write the non-standard `NaN`, which jq, JavaScript and strict parsers reject.
+  numpy scalars and arrays become numbers and lists.
+
+  Args:
+    tree: dicts, lists, tuples, strings, bools, None, Python or numpy numbers.
+    indent: as for `json.dumps`.
+
+  Returns:
+    The JSON text.
+  """
+
+  def clean(x):
+    if isinstance(x, Mapping):
+      return {str(k): clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple | np.ndarray):
+      return [clean(v) for v in x]
+    if isinstance(x, np.generic):
+      x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+      return None
+    return x
+
+  return json.dumps(clean(tree), indent=indent, allow_nan=False)
 
 
 def _descending_order(scores: np.ndarray) -> np.ndarray:

@@ -492,7 +492,7 @@ class _Writer:
     scalars = {k: float(v) for k, v in scalars.items()}
     self.clu.write_scalars(step, scalars)
     if self.jsonl:
-      self.jsonl.write(json.dumps({'step': step, **scalars}) + '\n')
+      self.jsonl.write(metrics.to_json({'step': step, **scalars}) + '\n')
       self.jsonl.flush()
 
   def close(self) -> None:
@@ -766,7 +766,7 @@ def train_and_evaluate(
   writer.scalars(step, {f'test/{k}': v for k, v in _flat_scalars(results['test']).items()})
   writer.close()
   if is_main:
-    (workdir / 'results.json').write_text(json.dumps(results, indent=2, default=float) + '\n')
+    (workdir / 'results.json').write_text(metrics.to_json(results, indent=2) + '\n')
     (workdir / 'results.md').write_text(results_markdown(results, config))
     logging.info('Results:\n%s', results_markdown(results, config))
   ckpt.close()

@@ -209,12 +209,36 @@ def test_compute_metrics_by_hand_and_json():
     'f1',
     'per_attribute',
   }
-  # Plain Python numbers only, so the dict is JSON-serialisable.
+  # Plain Python numbers only, so the dict is JSON-serialisable; to_json writes
+  # the undefined APs as null (standard JSON), the rest unchanged.
   json.dumps(result)
+  parsed = json.loads(metrics.to_json(result))
+  assert parsed['per_attribute']['d']['ap_voc'] is None
+  assert parsed['per_attribute']['d']['ap_sklearn'] is None
+  assert parsed['per_attribute']['a']['ap_voc'] == result['per_attribute']['a']['ap_voc']
+  assert parsed['f1'] == result['f1']
   for value in [v for k, v in result.items() if k != 'per_attribute']:
     assert type(value) is float
   with pytest.raises(ValueError):
     metrics.compute_metrics(_PROBS, _LABELS, names[:3])
+
+
+def test_to_json_is_standard_json():
+  tree = {
+    'nan': float('nan'),
+    'inf': [float('inf'), -np.inf],
+    'np': {'f32': np.float32(0.5), 'i64': np.int64(3), 'arr': np.array([1.0, np.nan])},
+    'keep': ('s', True, None, 2),
+  }
+  text = metrics.to_json(tree)
+  assert 'NaN' not in text and 'Infinity' not in text
+  assert json.loads(text) == {
+    'nan': None,
+    'inf': [None, None],
+    'np': {'f32': 0.5, 'i64': 3, 'arr': [1.0, None]},
+    'keep': ['s', True, None, 2],
+  }
+  assert metrics.to_json({'a': 1}, indent=2) == '{\n  "a": 1\n}'
 
 
 # --- Pointing game ---------------------------------------------------------------

@@ -96,12 +96,10 @@ def test_main_writes_everything(data_dir, tmp_path):
 
 
 def test_library_info_filter():
-  from jaxattr.main import _DropLibraryInfo
-
   def record(path, level):
     return logging.LogRecord('absl', level, path, 1, 'message', None, None)
 
-  keep = _DropLibraryInfo(('orbax',)).filter
+  keep = checkpoints.DropLibraryInfo(('orbax',)).filter
   orbax = os.path.join('', 'site-packages', 'orbax', 'checkpoint', 'checkpoint_manager.py')
   assert not keep(record(orbax, logging.INFO))
   assert keep(record(orbax, logging.WARNING)) and keep(record(orbax, logging.ERROR))
