@@ -354,6 +354,23 @@ def test_pth_via_torch(tiny_resnet, tmp_path):
   ]
 
 
+def test_safetensors_written_by_torch(tiny_resnet, tmp_path):
+  from safetensors.torch import save_file
+
+  model, sd = tiny_resnet
+  path = tmp_path / 'resnet18-tiny.safetensors'
+  save_file(model.state_dict(), path)  # The writer torch users have, not ours.
+  loaded = convert.load_state_dict(path)
+  assert set(loaded) == set(sd)
+  for key, value in sd.items():
+    np.testing.assert_array_equal(loaded[key], value)
+    assert loaded[key].dtype == value.dtype, key
+  meta = convert.convert_file('resnet18', path, tmp_path / 'out', width=TINY_WIDTH)
+  assert meta['sha256'] == hashlib.sha256(path.read_bytes()).hexdigest()
+  expected = convert.convert_state_dict('resnet18', sd, width=TINY_WIDTH)
+  jax.tree.map(np.testing.assert_array_equal, convert.load_backbone(tmp_path / 'out'), expected)
+
+
 def test_bad_inputs(tmp_path):
   with pytest.raises(ValueError, match='unknown format'):
     convert.load_state_dict(tmp_path / 'weights.h5')
