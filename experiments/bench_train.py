@@ -229,8 +229,9 @@ def time_pieces(config, num_classes: int, steps: int) -> list[tuple[str, float, 
 
   The taps' shapes come from the real backbone (`jax.eval_shape`); inputs are random.
   The classifier's last conv has a kernel as large as its input, so it is one
-  contraction over (H, W, channels): it is timed both as the convolution the model
-  runs and as a reshape + matmul, which computes the same numbers.
+  contraction over (H, W, channels): it is timed both as a VALID convolution (what
+  `nn.Conv` would run) and as the reshape + matmul the model runs
+  (`attention.FullSpatialConv`), which computes the same numbers.
 
   Returns:
     (name, forward seconds, forward+backward seconds) per piece.
