@@ -5,8 +5,8 @@ a full `download_and_prepare` of a builder config into a temp dir.
 Optionally writes a grid of examples with their cue boxes (green) and distractor
 boxes (red) outlined, to look at what is drawn.
 
-  PYTHONPATH=. python experiments/bench_synthetic.py
-  PYTHONPATH=. python experiments/bench_synthetic.py --grid=/tmp/synthetic_grid.png --num_images=0 \
+  python -m experiments.bench_synthetic
+  python -m experiments.bench_synthetic --grid=/tmp/synthetic_grid.png --num_images=0 \
       --prepare_config=
 """
 
@@ -14,11 +14,10 @@ import tempfile
 import time
 
 import numpy as np
-import tensorflow_datasets as tfds
 from absl import app, flags, logging
 from PIL import Image, ImageDraw
 
-from jaxattr.data import synthetic
+from jaxattr.data import painter, synthetic
 
 _NUM_IMAGES = flags.DEFINE_integer('num_images', 2000, 'Images drawn per throughput run.')
 _PREPARE = flags.DEFINE_string(
@@ -31,7 +30,7 @@ _GRID_START = flags.DEFINE_integer('grid_start', 0, 'First train index of the gr
 
 def _throughput(num: int) -> float:
   start = time.perf_counter()
-  count = sum(1 for _ in synthetic.generate_range('train', num, 0))
+  count = sum(1 for _ in painter.generate_range('train', num, 0))
   return count / (time.perf_counter() - start)
 
 
@@ -42,7 +41,7 @@ def _grid(path: str, n: int, start: int, cell: int = 128) -> None:
   canvas = Image.new('RGB', (cols * (cell + 4), rows * (cell + 16)), (255, 255, 255))
   for k in range(n):
     index = start + k
-    drawing = synthetic.draw_example(synthetic.example_rngs('train', index, seed=0)[0])
+    drawing = painter.draw_example(painter.example_rngs('train', index, seed=0)[0])
     img = Image.fromarray(drawing.image).resize((cell, cell), Image.BILINEAR)
     draw = ImageDraw.Draw(img)
     for box, present in zip(drawing.cue_boxes, drawing.labels, strict=True):
@@ -53,7 +52,7 @@ def _grid(path: str, n: int, start: int, cell: int = 128) -> None:
       draw.rectangle((x0, y0, x1, y1), outline=(255, 0, 0))
     x, y = (k % cols) * (cell + 4), (k // cols) * (cell + 16)
     canvas.paste(img, (x, y))
-    names = [synthetic.ATTRIBUTES[i][:4] for i in np.flatnonzero(drawing.labels)]
+    names = [painter.ATTRIBUTES[i][:4] for i in np.flatnonzero(drawing.labels)]
     ImageDraw.Draw(canvas).text((x, y + cell), ' '.join(names)[:24], fill=(0, 0, 0))
   canvas.save(path)
   logging.info('Wrote %s', path)
@@ -68,7 +67,7 @@ def main(argv):
     print(f'draw+encode, 1 process: {rate:.0f} images/s ({_NUM_IMAGES.value} images)')
   if _PREPARE.value:
     with tempfile.TemporaryDirectory() as data_dir:
-      builder = tfds.builder('synthetic_attributes', config=_PREPARE.value, data_dir=data_dir)
+      builder = synthetic.SyntheticAttributes(config=_PREPARE.value, data_dir=data_dir)
       start = time.perf_counter()
       builder.download_and_prepare()
       elapsed = time.perf_counter() - start

@@ -1,3 +1,7 @@
-"""jaxattr's datasets; importing this package registers every builder with TFDS."""
+"""jaxattr's datasets: the TFDS builders, the input pipeline and their helpers.
 
-from jaxattr.data import custom, pa100k, peta, rap2, synthetic, wider  # noqa: F401
+Importing a builder module registers it with TFDS; `input_pipeline` imports them
+all. The package itself imports nothing, so its TensorFlow-free modules (the
+synthetic `painter`, the `images` checks, the `matlab` readers) load without
+TensorFlow.
+"""

@@ -47,7 +47,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from jaxattr.data import common
+# The builder modules register their datasets with TFDS when imported.
+from jaxattr.data import common, custom, pa100k, peta, rap2, synthetic, wider  # noqa: F401
 
 BAD_IMAGE_MODES = ('fail', 'skip')
 
@@ -69,8 +70,6 @@ class DatasetInfo:
 
 def get_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """The TFDS builder named by the config (jaxattr's builders are registered)."""
-  import jaxattr.data  # noqa: F401  (registers the builders with TFDS)
-
   kwargs = {}
   if data_config.builder_config:
     kwargs['config'] = data_config.builder_config
