@@ -112,8 +112,8 @@ def resolve(
     spec: a directory written by `python -m jaxattr.convert` (returned unchanged), or
       `torchvision:ARCH` / `torchvision:ARCH:WEIGHTS` (see the module docstring).
     backbone: `config.model.backbone`; ARCH must equal it (checked before any download).
-    width: `config.model.width`; the conversion checks every tensor against the
-      backbone at this width (torchvision's files are width 1.0).
+    width: `config.model.width`; must be 1.0, the width of torchvision's files
+      (checked before any download).
     cache: the cache folder; None = `cache_dir()`.
     url: a folder URL to fetch the file from instead of torchvision's (a mirror);
       None = `$JAXATTR_TORCHVISION_URL` if set, else torchvision's own URL.
@@ -128,7 +128,7 @@ def resolve(
   """
   if not is_torchvision(spec):
     return spec
-  arch, weights = _parse(spec, backbone)
+  arch, weights = _parse(spec, backbone, width)
   source = weights_url(arch, weights)
   name = source.rsplit('/', 1)[-1]
   folder = url or os.environ.get('JAXATTR_TORCHVISION_URL')
@@ -139,11 +139,11 @@ def resolve(
   if match is None:  # Every torchvision file carries its hash; a table entry without one is a bug.
     raise ValueError(f'{name}: no sha256 prefix in the file name.')
   stem, sha_prefix = match.group('stem'), match.group('sha')
-  out_dir = cache / 'converted' / (stem + ('' if width == 1.0 else f'-width{width:g}'))
-  manual = _manual_route(source, arch, name, width)
+  out_dir = cache / 'converted' / stem
+  manual = _manual_route(source, arch, name)
 
   with _lock(cache / 'locks' / f'{name}.lock'):
-    if _is_converted(out_dir, arch, width, sha_prefix):
+    if _is_converted(out_dir, arch, sha_prefix):
       logging.info('Pretrained %s: cached %s (from %s).', spec, out_dir, source)
       return str(out_dir)
     _require_torch(spec, name, manual)
@@ -152,7 +152,7 @@ def resolve(
       logging.info('Pretrained %s: using the downloaded %s.', spec, download)
     else:
       _download(source, download, sha_prefix, timeout_s, manual)
-    _convert(arch, download, out_dir, width)
+    _convert(arch, download, out_dir)
   meta = convert.load_meta(out_dir)
   logging.info(
     'Pretrained %s: %s (sha256 %s, %d parameters) converted to %s.',
@@ -188,7 +188,7 @@ def available(arch: str) -> tuple[str, ...]:
   return (DEFAULT_WEIGHTS, *MORE_WEIGHTS.get(arch, {}))
 
 
-def _parse(spec: str, backbone: str) -> tuple[str, str]:
+def _parse(spec: str, backbone: str, width: float) -> tuple[str, str]:
   arch, _, weights = spec[len(PREFIX) :].partition(':')
   weights = weights or DEFAULT_WEIGHTS
   if arch not in registry.BACKBONES:
@@ -203,25 +203,29 @@ def _parse(spec: str, backbone: str) -> tuple[str, str]:
       f'{spec} are weights for {arch}, but config.model.backbone is {backbone}; '
       f'set --config.model.backbone={arch} or pass weights for {backbone}.'
     )
+  if width != 1.0:
+    raise PretrainedError(
+      f'{spec} are weights for width 1.0, but config.model.width is {width:g}; set '
+      '--config.model.width=1.0 (narrower backbones start from random weights).'
+    )
   return arch, weights
 
 
-def _manual_route(source: str, arch: str, name: str, width: float) -> str:
-  width_flag = '' if width == 1.0 else f' --width={width:g}'
+def _manual_route(source: str, arch: str, name: str) -> str:
   return (
     f'download {source} by hand, convert it with `python -m jaxattr.convert --arch={arch}'
-    f'{width_flag} --input={name} --output=DIR` and pass --config.model.pretrained=DIR'
+    f' --input={name} --output=DIR` and pass --config.model.pretrained=DIR'
   )
 
 
-def _is_converted(out_dir: Path, arch: str, width: float, sha_prefix: str) -> bool:
+def _is_converted(out_dir: Path, arch: str, sha_prefix: str) -> bool:
   """Whether `out_dir` holds this file converted by this converter (else it is redone)."""
   if not (out_dir / convert.BACKBONE_FILE).is_file() or not (out_dir / convert.META_FILE).is_file():
     return False
   meta = convert.load_meta(out_dir)
   return (
     meta.get('arch') == arch
-    and meta.get('width') == width
+    and meta.get('width') == 1.0
     and str(meta.get('sha256', '')).startswith(sha_prefix)
     and meta.get('format_version') == convert.FORMAT_VERSION
   )
@@ -316,12 +320,12 @@ class _DownloadFailed(Exception):
   """A download that arrived but cannot be used (truncated, wrong checksum)."""
 
 
-def _convert(arch: str, download: Path, out_dir: Path, width: float) -> None:
+def _convert(arch: str, download: Path, out_dir: Path) -> None:
   """Converts `download` into `out_dir`, which appears complete or not at all."""
   out_dir.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f'.{out_dir.name}.', suffix='.part'))
   try:
-    convert.convert_file(arch, download, tmp, width=width)
+    convert.convert_file(arch, download, tmp)
     if out_dir.exists():  # Stale: another converter version, or another file's conversion.
       shutil.rmtree(out_dir)
     tmp.rename(out_dir)

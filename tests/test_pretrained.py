@@ -1,9 +1,10 @@
 """Tests for jaxattr/pretrained.py: `torchvision:ARCH` fetched from a local HTTP server.
 
 Nothing here reaches the internet: a `http.server` on 127.0.0.1 (random free port)
-serves a resnet18 state dict at width 1/16 (`torch_reference`, saved with
-`torch.save`) under a torchvision-style name carrying the first hex digits of its
-true sha256, and the registry's resnet18 entry is pointed at that name.
+serves a random resnet18 state dict (`torch_reference`, torchvision's names and
+shapes, saved with `torch.save`: 47 MB, the smallest registered arch at torchvision's
+width) under a torchvision-style name carrying the first hex digits of its true
+sha256, and the registry's resnet18 entry is pointed at that name.
 """
 
 import dataclasses
@@ -25,8 +26,6 @@ import torch
 from jaxattr import convert, pretrained
 from jaxattr.models import registry
 from tests import torch_reference
-
-TINY_WIDTH = 0.0625  # configs/test.py
 
 
 class _Server:
@@ -72,10 +71,10 @@ def server():
 
 
 @pytest.fixture(scope='module')
-def tiny_file() -> tuple[str, bytes, dict[str, np.ndarray]]:
+def weights_file() -> tuple[str, bytes, dict[str, np.ndarray]]:
   """(torchvision-style name, .pth bytes, the state dict as numpy)."""
   torch.manual_seed(0)
-  model = torch_reference.create_backbone('resnet18', TINY_WIDTH)
+  model = torch_reference.create_backbone('resnet18')
   buffer = io.BytesIO()
   torch.save(model.state_dict(), buffer)
   data = buffer.getvalue()
@@ -92,16 +91,16 @@ def _serve_as_resnet18(monkeypatch, name: str) -> None:
 
 
 @pytest.fixture
-def served(server, tiny_file, monkeypatch):
-  """The tiny file served as torchvision's resnet18 V1 weights."""
-  name, data, _ = tiny_file
+def served(server, weights_file, monkeypatch):
+  """The file served as torchvision's resnet18 V1 weights."""
+  name, data, _ = weights_file
   server.files[f'/models/{name}'] = data
   _serve_as_resnet18(monkeypatch, name)
   return server
 
 
 def _resolve(cache: Path, url: str, spec: str = 'torchvision:resnet18', **kwargs) -> str:
-  return pretrained.resolve(spec, 'resnet18', TINY_WIDTH, cache=cache, url=url, **kwargs)
+  return pretrained.resolve(spec, 'resnet18', cache=cache, url=url, **kwargs)
 
 
 def _files(folder: Path) -> list[Path]:
@@ -122,12 +121,12 @@ def _free_closed_port() -> int:
     return s.getsockname()[1]
 
 
-def test_download_convert_then_cached(served, tiny_file, tmp_path, monkeypatch):
-  name, data, state_dict = tiny_file
+def test_download_convert_then_cached(served, weights_file, tmp_path, monkeypatch):
+  name, data, state_dict = weights_file
   # The defaults come from the environment (documented in docs/pretrained.md).
   monkeypatch.setenv('JAXATTR_CACHE', str(tmp_path / 'cache'))
   monkeypatch.setenv('JAXATTR_TORCHVISION_URL', served.url + '/')
-  path = Path(pretrained.resolve('torchvision:resnet18', 'resnet18', TINY_WIDTH))
+  path = Path(pretrained.resolve('torchvision:resnet18', 'resnet18'))
   assert served.requests == [f'/models/{name}']
   assert path.parent.parent == tmp_path / 'cache'
   assert (tmp_path / 'cache' / 'torchvision' / name).read_bytes() == data
@@ -135,7 +134,7 @@ def test_download_convert_then_cached(served, tiny_file, tmp_path, monkeypatch):
   # Equal to converting the same file by hand, and (independently) to torch's tensors.
   got = convert.load_backbone(path)
   (tmp_path / name).write_bytes(data)
-  convert.convert_file('resnet18', tmp_path / name, tmp_path / 'direct', width=TINY_WIDTH)
+  convert.convert_file('resnet18', tmp_path / name, tmp_path / 'direct')
   direct = convert.load_backbone(tmp_path / 'direct')
   assert jax.tree.structure(got) == jax.tree.structure(direct)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(direct), strict=True):
@@ -149,37 +148,32 @@ def test_download_convert_then_cached(served, tiny_file, tmp_path, monkeypatch):
   meta = convert.load_meta(path)
   assert meta['source'] == name and meta['sha256'] == hashlib.sha256(data).hexdigest()
 
-  # Second run: no request, same directory, and the server is not even needed.
-  before = path.joinpath(convert.BACKBONE_FILE).stat().st_mtime_ns
+  # Second run: no request, no conversion, and the server is not even needed.
+  backbone_file = path / convert.BACKBONE_FILE
+  before = backbone_file.stat().st_mtime_ns
   served.files.clear()
-  assert Path(pretrained.resolve('torchvision:resnet18', 'resnet18', TINY_WIDTH)) == path
+  assert Path(pretrained.resolve('torchvision:resnet18', 'resnet18')) == path
   assert served.requests == [f'/models/{name}']
-  assert path.joinpath(convert.BACKBONE_FILE).stat().st_mtime_ns == before
-  # No temporary file or folder is left next to the results.
-  leftovers = [p for p in (tmp_path / 'cache').rglob('*') if p.name.startswith('.')]
-  assert leftovers == []
+  assert backbone_file.stat().st_mtime_ns == before
 
-
-def test_converted_again_without_request_when_only_the_download_is_cached(
-  served, tiny_file, tmp_path
-):
-  name, _, _ = tiny_file
-  path = Path(_resolve(tmp_path, served.url))
-  converted = convert.load_backbone(path)
-  # An older converter's output (another format version) is redone from the download.
+  # An older converter's output (another format version) is redone from the cached
+  # download, still without a request.
   meta_file = path / convert.META_FILE
   meta_file.write_text(meta_file.read_text().replace('"format_version": 1', '"format_version": 0'))
-  assert Path(_resolve(tmp_path, served.url)) == path
+  assert Path(pretrained.resolve('torchvision:resnet18', 'resnet18')) == path
   assert served.requests == [f'/models/{name}']
   assert convert.load_meta(path)['format_version'] == convert.FORMAT_VERSION
   for a, b in zip(
-    jax.tree.leaves(converted), jax.tree.leaves(convert.load_backbone(path)), strict=True
+    jax.tree.leaves(direct), jax.tree.leaves(convert.load_backbone(path)), strict=True
   ):
     np.testing.assert_array_equal(a, b)
 
+  # No temporary file or folder is left next to the results.
+  assert [p for p in (tmp_path / 'cache').rglob('*') if p.name.startswith('.')] == []
 
-def test_checksum_mismatch_caches_nothing(server, tiny_file, tmp_path, monkeypatch):
-  name, data, _ = tiny_file
+
+def test_checksum_mismatch_caches_nothing(server, weights_file, tmp_path, monkeypatch):
+  name, data, _ = weights_file
   true_prefix = hashlib.sha256(data).hexdigest()[:8]
   wrong_prefix = ''.join('0' if c != '0' else '1' for c in true_prefix)
   wrong_name = name.replace(true_prefix, wrong_prefix)
@@ -188,22 +182,18 @@ def test_checksum_mismatch_caches_nothing(server, tiny_file, tmp_path, monkeypat
   with pytest.raises(pretrained.PretrainedError) as e:
     _resolve(tmp_path, server.url)
   url = f'{server.url}/{wrong_name}'
-  _one_line_error(e, url, wrong_prefix, 'python -m jaxattr.convert', '--width=0.0625')
+  _one_line_error(e, url, wrong_prefix, 'python -m jaxattr.convert --arch=resnet18 --input=')
   assert server.requests == [f'/models/{wrong_name}']
   assert _files(tmp_path / 'torchvision') == [] and _files(tmp_path / 'converted') == []
 
 
-def test_truncated_download_is_not_kept(served, tiny_file, tmp_path):
-  name, _, _ = tiny_file
+def test_truncated_download_is_not_kept(served, weights_file, tmp_path):
+  name, _, _ = weights_file
   served.truncate.add(f'/models/{name}')
   with pytest.raises(pretrained.PretrainedError) as e:
     _resolve(tmp_path, served.url)
   _one_line_error(e, f'{served.url}/{name}', 'by hand')
   assert _files(tmp_path / 'torchvision') == [] and _files(tmp_path / 'converted') == []
-  # The next run downloads again and succeeds.
-  served.truncate.clear()
-  assert (Path(_resolve(tmp_path, served.url)) / convert.BACKBONE_FILE).is_file()
-  assert len(served.requests) == 2
 
 
 def test_http_error_names_the_url(server, tmp_path, monkeypatch):
@@ -229,9 +219,11 @@ def test_wrong_backbone_or_unknown_names_stop_before_any_request(served, tmp_pat
     ('torchvision:resnet101', 'resnet50', '--config.model.backbone=resnet101'),
     ('torchvision:resnet9', 'resnet9', 'unknown arch'),
     ('torchvision:resnet18:IMAGENET1K_V2', 'resnet18', 'IMAGENET1K_V1'),
+    ('torchvision:resnet18', 'resnet18', '--config.model.width=1.0'),
   ]:
+    width = 0.0625 if 'width' in words else 1.0
     with pytest.raises(pretrained.PretrainedError) as e:
-      pretrained.resolve(spec, backbone, cache=tmp_path, url=served.url)
+      pretrained.resolve(spec, backbone, width, cache=tmp_path, url=served.url)
     _one_line_error(e, spec, words)
   assert served.requests == []
 
