@@ -1,20 +1,102 @@
-"""Test-session set-up shared by every test file.
+"""Test-session set-up and helpers shared by several test files.
 
 Four fake CPU devices, so data-parallel code is tested on more than one device
 (tests that want one device build their mesh over `jax.devices()[:1]`), and a
 persistent compilation cache, so tests that compile the same tiny model share
-the work.
+the work. Below them: the tiny synthetic dataset as a session fixture
+(`data_dir`), `make_config`, `sorted_examples` and `write_blank_png`.
 """
 
 import os
+import struct
 import tempfile
+import zlib
+from pathlib import Path
+from typing import Any
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update('jax_num_cpu_devices', 4)
 jax.config.update(
   'jax_compilation_cache_dir', os.path.join(tempfile.gettempdir(), 'jaxattr_test_jax_cache')
 )
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+
+# ---------------------------------------------------------------------------
+# Helpers shared by several test files (import them: `from tests.conftest import ...`).
+# TensorFlow and the configs are imported inside them, so that collecting a test
+# file that needs neither stays cheap.
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory) -> str:
+  """The tiny synthetic dataset of configs/test.py, generated once per session.
+
+  Shared by every test that asks for it: treat it as read-only (copy it to damage it).
+  """
+  from configs import test as test_config
+  from jaxattr.data import input_pipeline
+
+  path = tmp_path_factory.mktemp('tfds')
+  config = test_config.get_config()
+  config.data.data_dir = str(path)
+  input_pipeline.prepare(input_pipeline.get_builder(config.data), config.data)
+  return str(path)
+
+
+def make_config(data_dir: str, **overrides: Any):
+  """configs/test.py reading `data_dir`, with dotted overrides ('train.batch_size': 8).
+
+  Args:
+    data_dir: the TFDS data dir (the `data_dir` fixture).
+    **overrides: field path -> value; pass them as `**{'train.batch_size': 8}`.
+
+  Returns:
+    The config.
+  """
+  from configs import test as test_config
+
+  config = test_config.get_config()
+  config.data.data_dir = data_dir
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def sorted_examples(builder, split: str, **kwargs: Any) -> list[dict[str, Any]]:
+  """The numpy examples of a prepared split in `index` order (kwargs to `as_dataset`)."""
+  import tensorflow_datasets as tfds
+
+  examples = tfds.as_numpy(builder.as_dataset(split=split, **kwargs))
+  return sorted(examples, key=lambda e: e['index'])
+
+
+def write_blank_png(path: Path, width: int, height: int) -> None:
+  """Writes a black 1-bit greyscale PNG without ever holding its pixels.
+
+  A 20,000 x 20,000 image (400 megapixels, 1.2 GB as RGB) is 50 MB of filtered
+  rows, deflated here a row at a time (fastest level) to ~220 KB in half a second.
+
+  Args:
+    path: the file to write.
+    width: pixels per row.
+    height: rows.
+  """
+
+  def chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+
+  row = bytes(1 + (width + 7) // 8)  # Filter type 0, then the row's bits, all 0.
+  deflate = zlib.compressobj(1)
+  idat = b''.join(deflate.compress(row) for _ in range(height)) + deflate.flush()
+  header = struct.pack('>IIBBBBB', width, height, 1, 0, 0, 0, 0)  # 1 bit, greyscale.
+  png = b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', idat) + chunk(b'IEND', b'')
+  path.write_bytes(png)

@@ -42,13 +42,7 @@ FAULT_FLAGS = (
 STEPS_PER_EPOCH = 128 // 8
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory) -> str:
-  path = tmp_path_factory.mktemp('tfds')
-  config = test_config.get_config()
-  config.data.data_dir = str(path)
-  input_pipeline.prepare(input_pipeline.get_builder(config.data), config.data)
-  return str(path)
+# `data_dir`: the tiny synthetic dataset, the session fixture of conftest.py.
 
 
 def _env(**extra: str) -> dict[str, str]:

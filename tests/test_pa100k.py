@@ -10,6 +10,7 @@ from PIL import Image
 
 from jaxattr.data import pa100k
 from jaxattr.data.common import DataError
+from tests.conftest import sorted_examples
 
 NAMES = (
   'Female AgeOver60 Age18-60 AgeLess18 Front Side Back Hat Glasses HandBag ShoulderBag '
@@ -58,11 +59,6 @@ def _build(root: Path, data_dir: Path) -> pa100k.Pa100k:
   return builder
 
 
-def _examples(builder, split, **kwargs):
-  examples = tfds.as_numpy(builder.as_dataset(split=split, **kwargs))
-  return sorted(examples, key=lambda e: e['index'])
-
-
 def test_build(tmp_path):
   root = tmp_path / 'raw'
   _write_fixture(root)
@@ -71,7 +67,7 @@ def test_build(tmp_path):
   counts = {s: i.num_examples for s, i in builder.info.splits.items()}
   assert counts == {'train': 4, 'validation': 2, 'test': 3}
   for split, field in (('train', 'train'), ('validation', 'val'), ('test', 'test')):
-    examples = _examples(builder, split)
+    examples = sorted_examples(builder, split)
     assert [int(e['index']) for e in examples] == list(range(SIZES[field]))
     assert [e['image_id'].decode() for e in examples] == [f'data/{n}' for n in FILES[field]]
     np.testing.assert_array_equal(np.stack([e['labels'] for e in examples]), LABELS[field])
@@ -79,7 +75,7 @@ def test_build(tmp_path):
       assert example['image'].shape == (16, 8, 3)
       np.testing.assert_allclose(example['image'].reshape(-1, 3).mean(0), _colour(name), atol=3)
   # RGB JPEG sources are stored byte for byte.
-  raw = _examples(builder, 'train', decoders={'image': tfds.decode.SkipDecoding()})
+  raw = sorted_examples(builder, 'train', decoders={'image': tfds.decode.SkipDecoding()})
   assert raw[0]['image'] == (root / 'data' / FILES['train'][0]).read_bytes()
 
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 from jaxattr.data import peta
 from jaxattr.data.common import DataError
+from tests.conftest import sorted_examples
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
 REAL_MAT = SHARED_DATA / 'PETA.mat'
@@ -90,12 +91,6 @@ def _build(root: Path, data_dir: Path, config: str, **kwargs) -> peta.Peta:
   return builder
 
 
-def _examples(builder, split, decode_images=True):
-  decoders = None if decode_images else {'image': tfds.decode.SkipDecoding()}
-  examples = tfds.as_numpy(builder.as_dataset(split=split, decoders=decoders))
-  return sorted(examples, key=lambda e: e['index'])
-
-
 # --- PETA.mat form, tiny fixture ------------------------------------------------
 
 
@@ -113,7 +108,7 @@ def test_mat_partitions(mat_fixture, tmp_path, partition):
   assert builder.info.features['image'].encoding_format == 'png'
   expected = PARTITIONS[partition]
   for split, field in (('train', 'train'), ('validation', 'val'), ('test', 'test')):
-    examples = _examples(builder, split)
+    examples = sorted_examples(builder, split)
     numbers = expected[field]
     assert [int(e['index']) for e in examples] == list(range(len(numbers)))
     assert [e['image_id'].decode() for e in examples] == [f'images/{n:05d}.png' for n in numbers]
@@ -212,7 +207,7 @@ def _write_vespa_fixture(root: Path, folder: str = 'PETA dataset') -> dict[str, 
 
 def _check_vespa(builder, expected):
   for split, field in (('train', 'train'), ('validation', 'val'), ('test', 'test')):
-    examples = _examples(builder, split)
+    examples = sorted_examples(builder, split)
     assert [int(e['index']) for e in examples] == list(range(len(expected[field])))
     for example, (list_path, labels, colour, lossy) in zip(examples, expected[field], strict=True):
       assert example['image_id'].decode() == list_path
@@ -314,7 +309,7 @@ def real_mat_build(tmp_path_factory):
 def test_real_peta_mat_build(real_mat_build):
   counts = {s: i.num_examples for s, i in real_mat_build.info.splits.items()}
   assert counts == {'train': 9500, 'validation': 1900, 'test': 7600}
-  train = _examples(real_mat_build, 'train', decode_images=False)
+  train = sorted_examples(real_mat_build, 'train', decoders={'image': tfds.decode.SkipDecoding()})
   assert [int(e['index']) for e in train] == list(range(9500))
   raw = scipy.io.loadmat(str(REAL_MAT))['peta'][0, 0]
   numbers = raw['partion_attribute'][0, 0][0, 0]['train'][:, 0]

@@ -10,6 +10,7 @@ from PIL import Image
 
 from jaxattr.data import rap2
 from jaxattr.data.common import DataError
+from tests.conftest import sorted_examples
 
 NUM_IMAGES = 9
 ALL_NAMES = [f'attr{i:03d}' for i in range(1, 153)]  # 152 attributes, as in RAP v2.
@@ -65,10 +66,6 @@ def _expected_labels(row: int) -> np.ndarray:
   return np.array([{0: 0, 1: 1, 2: -1}[int(v)] for v in values], np.int8)
 
 
-def _examples(builder, split):
-  return sorted(tfds.as_numpy(builder.as_dataset(split=split)), key=lambda e: e['index'])
-
-
 @pytest.fixture(scope='module')
 def fixture_root(tmp_path_factory):
   root = tmp_path_factory.mktemp('rap_raw')
@@ -92,14 +89,14 @@ def test_build(fixture_root, tmp_path, partition):
     ('test', 'test_index'),
   ):
     rows = [r - 1 for r in PARTITIONS[partition][field]]
-    examples = _examples(builder, split)
+    examples = sorted_examples(builder, split)
     assert [int(e['index']) for e in examples] == list(range(len(rows)))
     assert [e['image_id'].decode() for e in examples] == [f'RAP_dataset/{NAMES[r]}' for r in rows]
     for example, row in zip(examples, rows, strict=True):
       np.testing.assert_array_equal(example['labels'], _expected_labels(row))
       np.testing.assert_array_equal(example['image'][0, 0], _colour(row))  # PNG: exact.
   # The fixture has uncertain values, so some labels must be -1.
-  assert (np.stack([e['labels'] for e in _examples(builder, 'train')]) == -1).any()
+  assert (np.stack([e['labels'] for e in sorted_examples(builder, 'train')]) == -1).any()
 
   # A new builder over the prepared data knows the names without the manual dir.
   reloaded = rap2.Rap2(data_dir=str(tmp_path), config=f'partition{partition}')

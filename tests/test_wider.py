@@ -11,6 +11,7 @@ from PIL import Image
 
 from jaxattr.data import wider
 from jaxattr.data.common import DataError
+from tests.conftest import sorted_examples
 
 RED = (255, 0, 0)
 GREY = (128, 128, 128)
@@ -94,11 +95,6 @@ def _build(root: Path, data_dir: Path, **kwargs) -> wider.WiderAttribute:
   return builder
 
 
-def _examples(builder, split):
-  examples = list(tfds.as_numpy(builder.as_dataset(split=split)))
-  return sorted(examples, key=lambda e: e['index'])
-
-
 @pytest.fixture(scope='module')
 def built(tmp_path_factory):
   root = tmp_path_factory.mktemp('wider_raw')
@@ -110,7 +106,7 @@ def test_splits_counts_and_index(built):
   counts = {split: info.num_examples for split, info in built.info.splits.items()}
   assert counts == {'train': 4, 'validation': 1, 'test': 2}
   for split, n in counts.items():
-    assert [int(e['index']) for e in _examples(built, split)] == list(range(n))
+    assert [int(e['index']) for e in sorted_examples(built, split)] == list(range(n))
 
 
 def test_attribute_names_are_canonical(built):
@@ -133,7 +129,7 @@ def test_attribute_names_are_canonical(built):
 
 
 def test_official_order_ids_and_label_mapping(built):
-  train = _examples(built, 'train')
+  train = sorted_examples(built, 'train')
   assert [e['image_id'].decode() for e in train] == [
     'Image/train/0--Parade/0_Parade_a.jpg#0',
     'Image/train/0--Parade/0_Parade_a.jpg#1',
@@ -144,10 +140,10 @@ def test_official_order_ids_and_label_mapping(built):
     np.stack([e['labels'] for e in train]), np.array([CANON_A, CANON_B, CANON_C, CANON_C])
   )
   assert train[0]['labels'].dtype == np.int8
-  (val,) = _examples(built, 'validation')
+  (val,) = sorted_examples(built, 'validation')
   assert val['image_id'].decode() == 'Image/val/0--Parade/0_Parade_c.jpg#0'
   np.testing.assert_array_equal(val['labels'], CANON_B)
-  test = _examples(built, 'test')
+  test = sorted_examples(built, 'test')
   np.testing.assert_array_equal(np.stack([e['labels'] for e in test]), [CANON_A, CANON_B])
 
 
@@ -158,7 +154,7 @@ def _interior_mean(image):
 
 
 def test_crops(built):
-  train = _examples(built, 'train')
+  train = sorted_examples(built, 'train')
   red = train[0]['image']
   assert red.shape == (30, 20, 3)
   np.testing.assert_allclose(_interior_mean(red), RED, atol=4)
@@ -173,7 +169,7 @@ def test_crops(built):
   blue = train[3]['image']
   assert blue.shape == (20, 10, 3)
   np.testing.assert_allclose(_interior_mean(blue), BLUE, atol=4)
-  test = _examples(built, 'test')
+  test = sorted_examples(built, 'test')
   assert test[0]['image'].shape == (30, 25, 3)
   np.testing.assert_allclose(_interior_mean(test[0]['image']), BLUE, atol=4)
   assert test[1]['image'].shape == (30, 50, 3)  # Zero width: whole image.
@@ -249,7 +245,7 @@ def test_skip_bad_images(tmp_path):
   corrupt = root / 'Image/train/0--Parade/0_Parade_a.jpg'
   corrupt.write_bytes(b'\xff\xd8\xff\xe0 not a jpeg')
   builder = _build(root, tmp_path / 'tfds', skip_bad_images=True)
-  train = _examples(builder, 'train')
+  train = sorted_examples(builder, 'train')
   assert [e['image_id'].decode() for e in train] == ['Image/train/0--Parade/0_Parade_b.jpg#0']
   assert [int(e['index']) for e in train] == [0]
   listed = (Path(builder.data_dir) / 'bad_images.txt').read_text().splitlines()

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxattr.data import common, manual
+from jaxattr.data import common, images, manual
 from jaxattr.data.common import DataError
 
 SPLITS = ('train', 'validation', 'test')
@@ -248,7 +248,7 @@ class CustomAttributes(manual.ManualDirBuilder):
       yield (
         index,
         {
-          'image': manual.stored_bytes(*loaded, 'jpeg'),
+          'image': images.stored_bytes(*loaded, 'jpeg'),
           'labels': row.labels,
           'index': index,
           'image_id': row.image,

@@ -9,35 +9,32 @@ TFDS `manual_dir`. This module holds what all those builders share:
     official download page; it reads and validates images, and, only when asked
     (`skip_bad_images=True`), skips unreadable images, logs them and lists them
     in `bad_images.txt` in the prepared dataset's folder.
-  * image helpers: decode with PIL, convert to RGB, keep the original bytes
-    when they already are what the dataset stores (no lossy re-encoding).
-  * MATLAB helpers: `scipy.io.loadmat` wraps every value of a cell or struct in
-    1x1 arrays; `mat_unwrap`, `mat_field`, `mat_strings` and `mat_ints` peel
-    them off whatever the orientation (1xN or Nx1) the file uses.
+  * `incomplete_error`, `find_first`, `missing_files`: finding the user's files.
+
+Images are read with `jaxattr.data.images` (safe decode, pixel limit, stored
+encoding); MATLAB annotations with `jaxattr.data.matlab`.
 """
 
 import dataclasses
-import io
 import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
-import scipy.io
 import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 from tensorflow_datasets.core import constants
 
+from jaxattr.data import images
 from jaxattr.data.common import DataError
 
 # How many missing files an error message lists before it summarises the rest.
 MAX_LISTED = 20
-JPEG_QUALITY = 95
 BAD_IMAGES_FILE = 'bad_images.txt'
-_PIL_FORMATS = {'jpeg': 'JPEG', 'png': 'PNG'}
+# The attribute of `tfds.core.FileReaderBuilder` that caches `info`'s feature specs.
+TFDS_FEATURE_SPECS_CACHE = '_example_specs'
 
 
 def how_to_pass_manual_dir() -> str:
@@ -90,233 +87,9 @@ def find_first(root: Path, relative_paths: Iterable[str]) -> Path | None:
   return None
 
 
-def read_image(path: os.PathLike | str) -> tuple[bytes, Image.Image]:
-  """Reads and fully decodes one image file.
-
-  Args:
-    path: the image file.
-
-  Returns:
-    The file's bytes and the decoded PIL image (any mode; `format` is set).
-
-  Raises:
-    DataError: naming the path, if the file is missing or cannot be decoded.
-  """
-  try:
-    with open(path, 'rb') as f:
-      raw = f.read()
-  except FileNotFoundError as e:
-    raise DataError(f'{path}: image file is missing.') from e
-  except OSError as e:
-    raise DataError(f'{path}: cannot read image file ({e}).') from e
-  try:
-    image = Image.open(io.BytesIO(raw))
-    # open() only parses the header; load() decodes every pixel, which is what
-    # catches truncated or corrupt data here rather than in the training loop.
-    image.load()
-  # PIL reports malformed files with many exception types (OSError,
-  # SyntaxError, ValueError, struct.error, DecompressionBombError, ...).
-  except Exception as e:  # noqa: BLE001
-    raise DataError(f'{path}: corrupt or unreadable image ({type(e).__name__}: {e}).') from e
-  if image.width < 1 or image.height < 1:
-    raise DataError(f'{path}: image has no pixels ({image.width}x{image.height}).')
-  return raw, image
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-  """The image as 8-bit RGB (grayscale, palette, CMYK and alpha images converted)."""
-  return image if image.mode == 'RGB' else image.convert('RGB')
-
-
-def encode_image(image: Image.Image, encoding_format: str) -> bytes:
-  """Encodes an image as `encoding_format` ('jpeg' or 'png') after converting to RGB."""
-  buffer = io.BytesIO()
-  if encoding_format == 'jpeg':
-    to_rgb(image).save(buffer, format='JPEG', quality=JPEG_QUALITY)
-  elif encoding_format == 'png':
-    to_rgb(image).save(buffer, format='PNG')
-  else:
-    raise ValueError(f"encoding_format must be 'jpeg' or 'png', got {encoding_format!r}.")
-  return buffer.getvalue()
-
-
-def stored_bytes(raw: bytes, image: Image.Image, encoding_format: str) -> bytes:
-  """What to store for a whole source image.
-
-  The original bytes are kept when they already are an RGB image in the stored
-  format (no generation loss, no work); anything else (another format, grayscale,
-  palette, alpha, CMYK) is converted to RGB and encoded.
-
-  Args:
-    raw: the file's bytes.
-    image: the decoded image (from `read_image`).
-    encoding_format: the dataset's storage format, 'jpeg' or 'png'.
-
-  Returns:
-    Encoded image bytes.
-  """
-  if image.format == _PIL_FORMATS.get(encoding_format) and image.mode == 'RGB':
-    return raw
-  return encode_image(image, encoding_format)
-
-
 def missing_files(paths: Iterable[Path]) -> list[Path]:
   """The paths that are not existing files, in the order given."""
   return [p for p in paths if not p.is_file()]
-
-
-# ----------------------------------------------------------------------------
-# MATLAB files.
-
-
-def load_mat(path: Path) -> dict[str, Any]:
-  """`scipy.io.loadmat` with errors that name the file.
-
-  Args:
-    path: a MATLAB v4-v7.2 .mat file.
-
-  Returns:
-    The variables of the file.
-
-  Raises:
-    DataError: if the file is missing, corrupt or in the HDF5 (v7.3) format.
-  """
-  try:
-    return scipy.io.loadmat(os.fspath(path))
-  except FileNotFoundError as e:
-    raise DataError(f'{path}: annotation file is missing.') from e
-  except NotImplementedError as e:
-    raise DataError(
-      f'{path}: MATLAB v7.3 (HDF5) files cannot be read with scipy; re-save it in '
-      f"MATLAB with save('{path.name}', '-struct', ..., '-v7') ({e})."
-    ) from e
-  except Exception as e:  # noqa: BLE001  (scipy raises ValueError, TypeError, OSError...)
-    raise DataError(f'{path}: cannot read MATLAB file ({type(e).__name__}: {e}).') from e
-
-
-def mat_unwrap(value: Any) -> Any:
-  """Peels the 1x1 cell/struct arrays loadmat puts around a single value."""
-  while (
-    isinstance(value, np.ndarray)
-    and value.size == 1
-    and (value.dtype == object or value.dtype.names is not None)
-  ):
-    value = value.reshape(-1)[0]
-  return value
-
-
-def mat_field(struct: Any, name: str, path: Path) -> Any:
-  """Field `name` of a MATLAB struct (1x1 struct array or record).
-
-  Args:
-    struct: the struct as loaded by loadmat.
-    name: field name.
-    path: the .mat file (for the error message).
-
-  Returns:
-    The field's value with its 1x1 wrappers removed.
-
-  Raises:
-    DataError: if the value is not a struct or has no such field.
-  """
-  record = mat_unwrap(struct)
-  names = getattr(getattr(record, 'dtype', None), 'names', None)
-  if not names or name not in names:
-    raise DataError(f'{path}: expected a struct with a field {name!r}; found fields {names}.')
-  return mat_unwrap(record[name])
-
-
-def mat_string(value: Any) -> str:
-  """One MATLAB string (a char array, possibly inside a 1x1 cell)."""
-  value = mat_unwrap(value)
-  if isinstance(value, np.ndarray):
-    if value.size == 0:
-      return ''
-    if value.dtype.kind == 'U':
-      return ''.join(str(s) for s in value.reshape(-1))
-    value = mat_unwrap(value.reshape(-1)[0])
-  return str(value).strip()
-
-
-def mat_strings(cell: Any, path: Path, what: str) -> list[str]:
-  """A cell array of strings (any orientation) as a list.
-
-  Args:
-    cell: the cell array as loaded by loadmat.
-    path: the .mat file (for the error message).
-    what: name of the variable (for the error message).
-
-  Returns:
-    The strings in MATLAB's linear (column-major) order, which for an Nx1 or 1xN
-    cell is simply their order.
-
-  Raises:
-    DataError: if `cell` is not a cell array.
-  """
-  if not isinstance(cell, np.ndarray) or cell.dtype != object:
-    raise DataError(f'{path}: {what} should be a cell array of strings, got {type(cell)}.')
-  return [mat_string(item) for item in cell.reshape(-1, order='F')]
-
-
-def mat_ints(value: Any, path: Path, what: str) -> np.ndarray:
-  """A numeric MATLAB vector (1xN or Nx1) as a 1-D int64 array.
-
-  Args:
-    value: the array as loaded by loadmat.
-    path: the .mat file (for the error message).
-    what: name of the variable (for the error message).
-
-  Returns:
-    int64 [N].
-
-  Raises:
-    DataError: if the value is not a numeric vector of whole numbers.
-  """
-  array = np.asarray(mat_unwrap(value))
-  if array.dtype.kind not in 'iuf' or (array.ndim == 2 and min(array.shape) > 1):
-    raise DataError(f'{path}: {what} should be a numeric vector, got {array.dtype} {array.shape}.')
-  flat = array.reshape(-1)
-  if array.dtype.kind == 'f' and not np.all(np.equal(np.mod(flat, 1), 0)):
-    raise DataError(f'{path}: {what} should hold whole numbers.')
-  return flat.astype(np.int64)
-
-
-def mat_matrix(
-  value: Any, path: Path, what: str, shape: tuple[int | None, int | None]
-) -> np.ndarray:
-  """A numeric MATLAB matrix, checked against an expected shape.
-
-  Args:
-    value: the array as loaded by loadmat.
-    path: the .mat file (for the error message).
-    what: name of the variable (for the error message).
-    shape: expected (rows, columns); None = any.
-
-  Returns:
-    The matrix as int64.
-
-  Raises:
-    DataError: naming the file and variable if it is not a matrix of that shape.
-  """
-  array = np.asarray(mat_unwrap(value))
-  if array.ndim != 2 or array.dtype.kind not in 'iufb':
-    raise DataError(f'{path}: {what} should be a numeric matrix, got {array.dtype} {array.shape}.')
-  for axis, (want, got) in enumerate(zip(shape, array.shape, strict=True)):
-    if want is not None and want != got:
-      kind = 'rows' if axis == 0 else 'columns (labels per row)'
-      raise DataError(f'{path}: {what} has {got} {kind}, expected {want}.')
-  return array.astype(np.int64)
-
-
-def check_values(labels: np.ndarray, allowed: Sequence[int], path: Path, what: str) -> None:
-  """Raises a `DataError` naming the first row whose labels are outside `allowed`."""
-  bad = ~np.isin(labels, np.asarray(allowed))
-  if bad.any():
-    row, col = (int(i) for i in np.argwhere(bad)[0])
-    raise DataError(
-      f'{path}: {what} row {row + 1}, column {col + 1} holds {labels[row, col]}; '
-      f'allowed values are {list(allowed)}.'
-    )
 
 
 # ----------------------------------------------------------------------------
@@ -351,6 +124,7 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     *,
     skip_bad_images: bool = False,
     manual_dir: os.PathLike | str | None = None,
+    max_image_pixels: int = images.MAX_PIXELS,
     **kwargs: Any,
   ):
     """Creates the builder.
@@ -363,11 +137,17 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       manual_dir: the user's folder, used by `download_and_prepare` when its
         `download_config` names none (the usual way is
         `DownloadConfig(manual_dir=...)`).
+      max_image_pixels: an image with more pixels (width x height) is refused
+        before it is decoded, as a bad image (`images.MAX_PIXELS` explains the
+        default).
       **kwargs: passed to `tfds.core.GeneratorBasedBuilder` (data_dir, config, ...).
     """
     self._skip_bad_images = skip_bad_images
+    self._max_image_pixels = max_image_pixels
     self._bad_images: list[tuple[str, str, str]] = []
     self._given_manual_dir = manual_dir
+    # The folder `download_and_prepare` resolved (so errors can name it).
+    self._manual_dir: Path | None = None
     self._data_names: tuple[str, ...] | None = None
     self._info_cache: tfds.core.DatasetInfo | None = None
     super().__init__(**kwargs)
@@ -392,14 +172,14 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return self.LAYOUT
 
   def _manual_root(self, dl_manager: tfds.download.DownloadManager) -> Path:
-    """The user's folder; a `DataError` if it is absent or empty."""
+    """The user's folder; a `DataError` naming it if it is absent or empty."""
+    root = self._manual_dir
+    if root is not None and not (root.is_dir() and any(root.iterdir())):
+      raise self._error(root, [f'{root} (the folder does not exist or is empty)'])
     try:
       return Path(os.fspath(dl_manager.manual_dir))
-    except AssertionError as e:
-      # TFDS asserts when the folder is absent or empty; its path is only kept in
-      # a private attribute, read here so the message can name it.
-      given = getattr(dl_manager, '_manual_dir', None) or '<manual_dir>'
-      raise self._error(given, [f'{given} (the folder does not exist or is empty)']) from e
+    except AssertionError as e:  # TFDS's own check, should ours ever be bypassed.
+      raise self._error(root or '<manual_dir>', [f'the manual dir ({e})']) from e
 
   def _require_images(self, root: Path, paths: Iterable[Path]) -> None:
     """One error listing every missing image (unless bad images are skipped).
@@ -416,9 +196,9 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   # -- images --------------------------------------------------------------------
 
   def _read_image(self, split: str, path: Path, image_id: str) -> tuple[bytes, Image.Image] | None:
-    """`read_image`, or None when the image is bad and bad images are skipped."""
+    """`images.read_image`, or None when the image is bad and bad images are skipped."""
     try:
-      return read_image(path)
+      return images.read_image(path, self._max_image_pixels)
     except DataError as e:
       if not self._skip_bad_images:
         raise
@@ -474,8 +254,11 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Replaces `info` by one built with the current names, keeping what TFDS set on it."""
     old = self._info_cache
     self._info_cache = None
-    # FileReaderBuilder caches the serialized feature specs derived from `info`.
-    self.__dict__.pop('_example_specs', None)
+    # FileReaderBuilder caches the serialized feature specs derived from `info` in
+    # a private functools.cached_property; TFDS has no public way to reset it.
+    # tests/test_custom.py checks it is still there, so a TFDS upgrade that moves
+    # it fails loudly instead of reading with stale features.
+    self.__dict__.pop(TFDS_FEATURE_SPECS_CACHE, None)
     # FileReaderBuilder.__init__ set the record format on the old info.
     self.info.set_file_format(old.file_format if old is not None else None)
 
@@ -518,20 +301,18 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       **kwargs: passed on (file_format, permissions).
     """
     config = download_config or tfds.download.DownloadConfig()
-    if config.manual_dir is None and self._given_manual_dir is not None:
-      config = dataclasses.replace(config, manual_dir=self._given_manual_dir)
+    given = config.manual_dir or self._given_manual_dir
+    # Resolved here, as TFDS would (`<download_dir>/manual`), and handed to TFDS
+    # explicitly: the builder then knows the folder without reading TFDS internals.
+    downloads = Path(os.fspath(download_dir or self.data_dir_root / 'downloads'))
+    self._manual_dir = Path(os.fspath(given or downloads / 'manual'))
+    config = dataclasses.replace(config, manual_dir=self._manual_dir)
     if self.NAMES_FROM_DATA:
-      manual_dir = Path(
-        os.fspath(
-          config.manual_dir
-          or Path(os.fspath(download_dir or self.data_dir_root / 'downloads')) / 'manual'
-        )
-      )
       if self.data_path.exists() and not config.download_mode.overwrite_dataset:
-        if config.manual_dir is not None:
-          self._check_prepared(manual_dir)
+        if given is not None:
+          self._check_prepared(self._manual_dir)
       else:
-        names = tuple(self._read_attribute_names(manual_dir))
+        names = tuple(self._read_attribute_names(self._manual_dir))
         if names != self._data_names:
           self._data_names = names
           self._rebuild_info()

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxattr.data import common, manual
+from jaxattr.data import common, images, manual, matlab
 from jaxattr.data.common import DataError
 
 # The 26 attributes of annotation.mat, in its order.
@@ -82,23 +82,23 @@ def read_pa100k_mat(path: Path) -> Pa100kAnnotation:
   Raises:
     DataError: naming the file and variable if anything is missing or malformed.
   """
-  contents = manual.load_mat(path)
+  contents = matlab.load_mat(path)
   needed = ['attributes'] + [
     f'{p}_{k}' for p in _MAT_PREFIX.values() for k in ('images_name', 'label')
   ]
   absent = [v for v in needed if v not in contents]
   if absent:
     raise DataError(f'{path}: variables {absent} are missing (found {sorted(contents)}).')
-  names = manual.mat_strings(contents['attributes'], path, 'attributes')
+  names = matlab.mat_strings(contents['attributes'], path, 'attributes')
   splits = {}
   for split, prefix in _MAT_PREFIX.items():
-    image_names = manual.mat_strings(
+    image_names = matlab.mat_strings(
       contents[f'{prefix}_images_name'], path, f'{prefix}_images_name'
     )
-    labels = manual.mat_matrix(
+    labels = matlab.mat_matrix(
       contents[f'{prefix}_label'], path, f'{prefix}_label', (len(image_names), len(names))
     )
-    manual.check_values(labels, (0, 1), path, f'{prefix}_label')
+    matlab.check_values(labels, (0, 1), path, f'{prefix}_label')
     splits[split] = Pa100kSplit(image_names, labels.astype(np.int8))
   return Pa100kAnnotation(names, splits)
 
@@ -162,7 +162,7 @@ class Pa100k(manual.ManualDirBuilder):
       yield (
         index,
         {
-          'image': manual.stored_bytes(*loaded, 'jpeg'),
+          'image': images.stored_bytes(*loaded, 'jpeg'),
           'labels': labels,
           'index': index,
           'image_id': image_id,

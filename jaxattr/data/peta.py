@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxattr.data import common, manual
+from jaxattr.data import common, images, manual, matlab
 from jaxattr.data.common import DataError
 
 # PETA.mat's first 35 attributes: the 35 evaluated by the protocol (and, in this
@@ -118,19 +118,19 @@ def read_peta_mat(path: Path) -> PetaMat:
   Raises:
     DataError: naming the file and the variable if anything is malformed.
   """
-  contents = manual.load_mat(path)
+  contents = matlab.load_mat(path)
   if 'peta' not in contents:
     raise DataError(f'{path}: no variable "peta" (variables: {sorted(contents)}).')
   peta = contents['peta']
-  data = manual.mat_matrix(
-    manual.mat_field(peta, 'data', path), path, 'peta.data', (None, _NUM_DATA_COLUMNS)
+  data = matlab.mat_matrix(
+    matlab.mat_field(peta, 'data', path), path, 'peta.data', (None, _NUM_DATA_COLUMNS)
   )
-  names = manual.mat_strings(manual.mat_field(peta, 'attribute', path), path, 'peta.attribute')
+  names = matlab.mat_strings(matlab.mat_field(peta, 'attribute', path), path, 'peta.attribute')
   num_labels = _NUM_DATA_COLUMNS - _FIRST_LABEL_COLUMN + 1
   if len(names) != num_labels:
     raise DataError(f'{path}: peta.attribute has {len(names)} names, expected {num_labels}.')
-  selected = manual.mat_ints(
-    manual.mat_field(peta, 'selected_attribute', path), path, 'peta.selected_attribute'
+  selected = matlab.mat_ints(
+    matlab.mat_field(peta, 'selected_attribute', path), path, 'peta.selected_attribute'
   )
   if selected.min() < _FIRST_LABEL_COLUMN or selected.max() > _NUM_DATA_COLUMNS:
     raise DataError(
@@ -138,16 +138,16 @@ def read_peta_mat(path: Path) -> PetaMat:
       f'{selected.max()}; label columns are {_FIRST_LABEL_COLUMN}..{_NUM_DATA_COLUMNS}.'
     )
   labels = data[:, selected - 1]
-  manual.check_values(labels, (0, 1), path, 'peta.data (selected label columns)')
-  partition_cell = manual.mat_field(peta, 'partion_attribute', path)
+  matlab.check_values(labels, (0, 1), path, 'peta.data (selected label columns)')
+  partition_cell = matlab.mat_field(peta, 'partion_attribute', path)
   if not isinstance(partition_cell, np.ndarray) or partition_cell.dtype != object:
     raise DataError(f'{path}: peta.partion_attribute should be a cell of structs.')
   partitions = []
   for p, struct in enumerate(partition_cell.reshape(-1, order='F')):
     partitions.append(
       {
-        split: manual.mat_ints(
-          manual.mat_field(struct, field, path),
+        split: matlab.mat_ints(
+          matlab.mat_field(struct, field, path),
           path,
           f'peta.partion_attribute{{{p + 1}}}.{field}',
         )
@@ -377,7 +377,7 @@ class Peta(manual.ManualDirBuilder):
       yield (
         index,
         {
-          'image': manual.stored_bytes(raw, image, 'png'),
+          'image': images.stored_bytes(raw, image, 'png'),
           'labels': labels,
           'index': index,
           'image_id': image_id,

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxattr.data import common, manual
+from jaxattr.data import common, images, manual, matlab
 from jaxattr.data.common import DataError
 
 HOMEPAGE = 'http://www.rapdataset.com/'
@@ -66,22 +66,22 @@ def read_rap2_mat(path: Path) -> Rap2Annotation:
   Raises:
     DataError: naming the file and the field if anything is malformed.
   """
-  contents = manual.load_mat(path)
+  contents = matlab.load_mat(path)
   if 'RAP_annotation' not in contents:
     raise DataError(f'{path}: no variable "RAP_annotation" (variables: {sorted(contents)}).')
   rap = contents['RAP_annotation']
-  names = manual.mat_strings(manual.mat_field(rap, 'name', path), path, 'RAP_annotation.name')
-  attributes = manual.mat_strings(
-    manual.mat_field(rap, 'attribute', path), path, 'RAP_annotation.attribute'
+  names = matlab.mat_strings(matlab.mat_field(rap, 'name', path), path, 'RAP_annotation.name')
+  attributes = matlab.mat_strings(
+    matlab.mat_field(rap, 'attribute', path), path, 'RAP_annotation.attribute'
   )
-  data = manual.mat_matrix(
-    manual.mat_field(rap, 'data', path),
+  data = matlab.mat_matrix(
+    matlab.mat_field(rap, 'data', path),
     path,
     'RAP_annotation.data',
     (len(names), len(attributes)),
   )
-  selected = manual.mat_ints(
-    manual.mat_field(rap, 'selected_attribute', path), path, 'RAP_annotation.selected_attribute'
+  selected = matlab.mat_ints(
+    matlab.mat_field(rap, 'selected_attribute', path), path, 'RAP_annotation.selected_attribute'
   )
   if selected.size == 0 or selected.min() < 1 or selected.max() > len(attributes):
     raise DataError(
@@ -89,10 +89,10 @@ def read_rap2_mat(path: Path) -> Rap2Annotation:
       f'1..{len(attributes)}.'
     )
   labels = data[:, selected - 1]
-  manual.check_values(labels, (0, 1, _UNCERTAIN), path, 'RAP_annotation.data (selected columns)')
+  matlab.check_values(labels, (0, 1, _UNCERTAIN), path, 'RAP_annotation.data (selected columns)')
   labels = np.where(labels == _UNCERTAIN, -1, labels).astype(np.int8)
 
-  partition_cell = manual.mat_field(rap, 'partition_attribute', path)
+  partition_cell = matlab.mat_field(rap, 'partition_attribute', path)
   if not isinstance(partition_cell, np.ndarray) or partition_cell.dtype != object:
     raise DataError(f'{path}: RAP_annotation.partition_attribute should be a cell of structs.')
   partitions = []
@@ -100,7 +100,7 @@ def read_rap2_mat(path: Path) -> Rap2Annotation:
     partition = {}
     for split, field in _PARTITION_FIELDS.items():
       what = f'RAP_annotation.partition_attribute{{{p + 1}}}.{field}'
-      rows = manual.mat_ints(manual.mat_field(struct, field, path), path, what)
+      rows = matlab.mat_ints(matlab.mat_field(struct, field, path), path, what)
       if rows.size and (rows.min() < 1 or rows.max() > len(names)):
         raise DataError(f'{path}: {what} must hold 1-based rows 1..{len(names)}.')
       partition[split] = rows - 1
@@ -213,7 +213,7 @@ class Rap2(manual.ManualDirBuilder):
       yield (
         index,
         {
-          'image': manual.stored_bytes(*loaded, 'png'),
+          'image': images.stored_bytes(*loaded, 'png'),
           'labels': annotation.labels[row],
           'index': index,
           'image_id': image_id,

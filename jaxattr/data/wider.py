@@ -24,6 +24,7 @@ from absl import logging
 
 from jaxattr.data import common, manual
 from jaxattr.data.common import DataError
+from jaxattr.data.images import encode_image, to_rgb
 
 ATTRIBUTE_NAMES = (
   'Male',
@@ -224,7 +225,7 @@ class WiderAttribute(manual.ManualDirBuilder):
       if loaded is None:
         continue
       # Decode once, cut every box of the image from the same pixels.
-      pixels = manual.to_rgb(loaded[1])
+      pixels = to_rgb(loaded[1])
       for k, target in enumerate(image.targets):
         box = clip_box(target.bbox, pixels.width, pixels.height)
         if box is None:
@@ -235,7 +236,7 @@ class WiderAttribute(manual.ManualDirBuilder):
         yield (
           index,
           {
-            'image': manual.encode_image(crop, 'jpeg'),
+            'image': encode_image(crop, 'jpeg'),
             'labels': target.labels,
             'index': index,
             'image_id': f'{relative}#{k}',
