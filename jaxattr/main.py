@@ -4,7 +4,19 @@
   python -m jaxattr.main --config=configs/wider.py:resnet50 --workdir=runs/wider \
       --config.data.manual_dir=/data/wider_attribute
 
-Re-running the same command resumes from the latest checkpoint in the workdir.
+Before any work the config is checked (`config_validation`): every problem is
+printed on one line and the run stops with exit code 2, leaving the workdir
+untouched. Then the run takes the workdir's lock (one writer per folder; a second
+run on the folder stops naming the first) and compares its config with the one
+the folder records:
+
+  * no run there yet: a fresh start;
+  * the same config: it resumes from the newest readable checkpoint;
+  * another config: it stops, listing the fields that differ (old -> new), unless
+    `--allow_config_change`; then the change and the step it takes effect at go to
+    config_history.jsonl and results.md says so. Fields a resumed run cannot change
+    (architecture, dataset and split, image size, history length, ...) are refused
+    even with the flag, with the reason.
 
 Several processes (one per host, or per GPU; see docs/multihost.md): either name
 the coordinator explicitly,
@@ -15,12 +27,20 @@ the coordinator explicitly,
 or pass `--config.distributed=True` alone and let `jax.distributed.initialize()`
 read the cluster's environment (SLURM, Open MPI, Cloud TPU pods, GKE).
 
+Multi-process runs: process 0 alone takes the lock and compares the configs (the
+workdir is on a file system all hosts share) and tells the others its verdict; the
+others wait for it in that collective, so either all start or all stop.
+
 Exit codes: 0 = finished (results written); 143 / 130 = stopped by SIGTERM /
-SIGINT after checkpointing (run the same command again to resume); 1 = error
-(a data error prints one line naming the file or image).
+SIGINT after checkpointing (run the same command again to resume); 2 = refused to
+start, nothing trained (an invalid config, a changed config, a workdir in use by
+another run or not writable); 1 = error (a data error or a damaged checkpoint
+prints one line naming the file).
 """
 
 import os
+import sys
+from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -33,13 +53,50 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
 flags.DEFINE_integer('process_id', None, 'Multi-host: index of this process.')
+flags.DEFINE_integer(
+  'join_timeout_s',
+  300,
+  'Multi-host: seconds to wait for every process to join the coordinator; then exit 1 with '
+  'one line saying why.',
+)
 flags.DEFINE_bool(
   'orbax_logs',
   False,
   "Keep Orbax's INFO lines (about 20 per checkpoint save); its warnings and errors are "
   'always shown.',
 )
+flags.DEFINE_bool(
+  'allow_config_change',
+  False,
+  "Resume although the config differs from the workdir's config.json (the change is "
+  'recorded in config_history.jsonl); fields that fix the model or the data still refuse.',
+)
 flags.mark_flags_as_required(['config', 'workdir'])
+
+REFUSED = 2  # Exit code of a run that refuses to start (see the module docstring).
+
+
+def _claim_workdir(workdir: Path, config, allow_change: bool):
+  """Process 0: creates and locks the workdir, checks the config against it.
+
+  Returns:
+    (the held lock or None, the problem text or '' when the run may go on).
+  """
+  from jaxattr import rundir
+
+  lock = None
+  try:
+    rundir.create_workdir(workdir)
+    lock = rundir.WorkdirLock(workdir)
+    lock.acquire()
+    changes = rundir.check_resume(workdir, config, allow_change)
+  except rundir.RunError as e:
+    if lock is not None:
+      lock.release()
+    return None, str(e)
+  if changes:
+    logging.warning('Starting with a config that differs from config.json in: %s', list(changes))
+  return lock, ''
 
 
 def main(argv):
@@ -57,11 +114,14 @@ def main(argv):
   import jax
 
   if FLAGS.config.distributed or FLAGS.coordinator_address:
+    from jaxattr import distributed
+
     # Flags left unset (None) are read from the cluster's environment by JAX.
-    jax.distributed.initialize(
+    distributed.initialize(
       coordinator_address=FLAGS.coordinator_address,
       num_processes=FLAGS.num_processes,
       process_id=FLAGS.process_id,
+      timeout_s=FLAGS.join_timeout_s,
     )
   logging.info(
     'JAX process %d of %d, %d local / %d global devices (%s).',
@@ -71,14 +131,40 @@ def main(argv):
     jax.device_count(),
     jax.devices()[0].platform,
   )
-  from jaxattr import train
+  from jaxattr import config_validation
+
+  # Every process checks (they hold the same config), before the workdir is touched.
+  problems = config_validation.validate(FLAGS.config, num_devices=jax.device_count())
+  config_validation.exit_if_problems(problems, 'jaxattr.main')
+
+  workdir = Path(os.path.expanduser(FLAGS.workdir))
+  lock, refusal = None, ''
+  if jax.process_index() == 0:
+    lock, refusal = _claim_workdir(workdir, FLAGS.config, FLAGS.allow_config_change)
+  if jax.process_count() > 1:  # The others wait here for process 0's verdict.
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    refused = bool(multihost_utils.broadcast_one_to_all(np.int32(bool(refusal))))
+    if refused and not refusal:
+      refusal = 'process 0 refused to start (its log says why).'
+  if refusal:
+    sys.stderr.write(f'jaxattr.main: {refusal}\n')
+    sys.stderr.flush()
+    raise SystemExit(REFUSED)
+
+  from jaxattr import checkpoints, train
   from jaxattr.data.common import DataError
 
   try:
-    train.train_and_evaluate(FLAGS.config, os.path.expanduser(FLAGS.workdir))
-  except DataError as e:  # The message names the data at fault; a traceback adds nothing.
+    train.train_and_evaluate(FLAGS.config, str(workdir))
+  except (DataError, checkpoints.CheckpointError) as e:
+    # The message names the data or checkpoint at fault; a traceback adds nothing.
     logging.error('Stopped: %s', e)
     raise SystemExit(f'jaxattr.main: process {jax.process_index()}: {e}') from e
+  finally:
+    if lock is not None:
+      lock.release()
 
 
 if __name__ == '__main__':

@@ -251,7 +251,7 @@ def test_sigkill_during_save_resumes_from_previous_complete_checkpoint(
   assert partial.is_dir()  # The save really was cut short.
   ckpt = checkpoints.Checkpointer(workdir)
   # The latest complete one is 20; 16, which the commit of 24 would have deleted, is kept.
-  assert ckpt.latest_step() == 20 and 16 in ckpt.all_steps()
+  assert ckpt.latest_step() == 20 and 16 in ckpt.latest.all_steps()
   ckpt.close()
 
   log2 = tmp_path / 'second.txt'
