@@ -5,7 +5,7 @@
   python -m jaxattr.evaluate --workdir=runs/demo --tune_thresholds
 
 Restores the run's checkpoint, evaluates it with the training loop's own evaluation
-(`train.evaluate`: every example exactly once, unknown labels ignored), prints a
+(`jaxattr.evaluation`: every example exactly once, unknown labels ignored), prints a
 table and writes `<workdir>/eval_<split>_<checkpoint>.json` with mAP (both AP
 definitions), mA, Acc, Prec, Rec, F1, the per-attribute metrics and, on synthetic
 data, the pointing game.
@@ -92,48 +92,6 @@ def _split_name(config, split: str) -> str:
   return roles.get(split, split)
 
 
-class _Evaluator:
-  """The evaluation half of `train.create_experiment`: data, mesh and compiled eval step.
-
-  Building the whole experiment would also initialise (and compile) a fresh train
-  state, optimizer and history only to overwrite them; evaluation needs none of it.
-  """
-
-  def __init__(self, config, devices=None):
-    import functools
-
-    import jax
-
-    from jaxattr import train
-    from jaxattr.data import input_pipeline
-    from jaxattr.models import model as model_lib
-
-    self.config = config
-    self.builder = input_pipeline.get_builder(config.data)
-    input_pipeline.prepare(self.builder, config.data)
-    self.info = input_pipeline.get_dataset_info(self.builder, config.data)
-    mesh = train.create_mesh(devices)
-    if config.eval.batch_size % mesh.size:
-      raise ValueError(
-        f'eval batch size {config.eval.batch_size} does not divide over {mesh.size} devices.'
-      )
-    self.replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    self.data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
-    model = model_lib.create_model(config.model, self.info.num_classes)
-    self.eval_step = jax.jit(
-      functools.partial(train.eval_step, model=model, config=config),
-      in_shardings=(self.replicated, self.data_sharding),
-      out_shardings=self.replicated,
-    )
-
-  def evaluate(self, state, split: str):
-    from jaxattr import train
-
-    return train.evaluate(
-      state, self.eval_step, self.builder, self.config, split, self.info, self.data_sharding
-    )
-
-
 def evaluate_run(
   workdir: str | Path,
   split: str = 'test',
@@ -162,30 +120,20 @@ def evaluate_run(
     {'workdir', 'checkpoint', 'step', 'split', 'metrics': {...}} plus, when tuned,
     'tuned_thresholds': {'tuned_on', 'criterion', 'thresholds', 'metrics'}.
   """
-  from jaxattr import inference, metrics, train
+  from jaxattr import evaluation, metrics, rundir, sharding
 
   workdir = Path(workdir)
-  config = inference.load_config(workdir)
-  ref = inference.resolve_checkpoint(workdir, checkpoint)
+  config = rundir.load_config(workdir)
+  ref = rundir.resolve_checkpoint(workdir, checkpoint)
   with config.unlocked():
     if data_dir:
       config.data.data_dir = data_dir
     if batch_size:
       config.eval.batch_size = batch_size
-  ev = _Evaluator(config, devices)
-  variables = inference.restore_variables(workdir, ref, ev.replicated)
-  state = train.TrainState(
-    step=None,
-    params=variables['params'],
-    batch_stats=variables['batch_stats'],
-    opt_state={},
-    history={},
-    plateau=None,
-    best_metric=None,
-    rng=None,
-  )
+  ev = evaluation.create_evaluator(config, devices)
+  variables = rundir.restore_variables(workdir, ref, sharding.replicated(ev.mesh))
   split_name = _split_name(config, split)
-  result, data = ev.evaluate(state, split_name)
+  result, data = ev.evaluate(variables, split_name)
   report: dict[str, Any] = {
     'workdir': str(workdir),
     'dataset': ev.builder.info.full_name,
@@ -201,7 +149,7 @@ def evaluate_run(
       raise ValueError('data.eval_split is the test split: thresholds are never tuned on test.')
     if split_name == tuned_on:
       logging.warning('Thresholds tuned and applied on %s: tuned numbers are optimistic.', split)
-    _, val = ev.evaluate(state, tuned_on) if split_name != tuned_on else (None, data)
+    val = ev.predictions(variables, tuned_on) if split_name != tuned_on else data
     thresholds = tune_thresholds(val['probs'], val['labels'], config.eval.threshold)
     names = ev.info.attribute_names
     tuned = metrics.compute_metrics(data['probs'], data['labels'], names, threshold=thresholds)
@@ -223,9 +171,7 @@ def evaluate_run(
         'criterion': 'per-attribute F1',
         'thresholds': report['tuned_thresholds']['thresholds'],
       }
-      (workdir / inference.THRESHOLDS_FILE).write_text(
-        metrics.to_json(thresholds_file, indent=2) + '\n'
-      )
+      (workdir / rundir.THRESHOLDS).write_text(metrics.to_json(thresholds_file, indent=2) + '\n')
   if write:
     path = workdir / f'eval_{split}_{checkpoint}.json'
     path.write_text(metrics.to_json(report, indent=2) + '\n')
@@ -275,7 +221,10 @@ def format_report(report: dict[str, Any]) -> str:
     cells = [_pct(r[k]) for k in per] + [str(r['positives'])]
     lines.append(f'{name:<{name_w}} ' + _row(cells, widths))
   if 'pointing_game' in m:
-    games = ', '.join(f'{k} {_pct(v["overall"], 0)}' for k, v in m['pointing_game'].items())
+    games = ', '.join(
+      f'{k} {_pct(v["overall"], 0)} (chance {_pct(v["chance"], 0)})'
+      for k, v in m['pointing_game'].items()
+    )
     lines += ['', f'pointing game (%): {games}']
   if 'tuned_thresholds' in report:
     t = report['tuned_thresholds']
@@ -298,7 +247,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-  from jaxattr import inference
+  from jaxattr import rundir
 
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -317,7 +266,7 @@ def main(argv: Sequence[str]) -> int:
       data_dir=FLAGS.data_dir,
       batch_size=FLAGS.batch_size,
     )
-  except (inference.RunError, ValueError) as e:
+  except (rundir.RunError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   sys.stdout.write(format_report(report))

@@ -1,220 +1,45 @@
-"""Restoring a trained run and running its model on batches of images, compiled once.
+"""The model's inference function, and running it on batches of images, compiled once.
 
-Shared by `jaxattr.evaluate`, `jaxattr.predict` and `jaxattr.export`. A run's workdir
-holds everything needed to rebuild the model without its dataset:
-
-  config.json       the resolved config (`load_config`)
-  attributes.json   attribute names and train positive ratios (`load_attributes`;
-                    older runs: the per-attribute keys of results.json)
-  best/<step>       the best state on the validation split; checkpoints/<step> the latest
-  thresholds.json   optional per-attribute thresholds (`jaxattr.evaluate --tune_thresholds`)
-
-Only `params` and `batch_stats` are read from a checkpoint (Orbax partial restore),
-so the optimizer state and the prediction history never reach memory.
+`make_infer_fn` is the one inference path of the repository: the end-of-run
+attention grid, `jaxattr.predict`, `jaxattr.export` and the evaluation (which
+adds the pointing game's argmax cells, `argmax_cells`) all call it. A run's
+workdir is read through `jaxattr.rundir`.
 
 `Predictor` runs an inference function on images of one shape, padded to one fixed
 batch size, so it compiles once; batches are dispatched asynchronously and the host
 prepares the next batch while the device computes the current one.
 """
 
-import dataclasses
-import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
-CHECKPOINT_DIRS = {'latest': 'checkpoints', 'best': 'best'}
-CHECKPOINT_CHOICES = ('best', 'latest', 'auto')
-THRESHOLDS_FILE = 'thresholds.json'
+from jaxattr import rundir
 
 K = TypeVar('K')
 
 
-class RunError(Exception):
-  """A workdir that cannot be used (missing, no checkpoint, no attribute names)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckpointRef:
-  """Which checkpoint of a run: 'best' or 'latest', and its step."""
-
-  which: str
-  step: int
-
-
-def _tuples(value: Any) -> Any:
-  """JSON lists back to the tuples of configs/default.py; dicts recursively."""
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  return value
-
-
-def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
-  """The resolved config a run saved in `workdir/config.json`.
-
-  Args:
-    workdir: the run's workdir.
-
-  Returns:
-    The config, with JSON lists turned back into tuples (e.g. `attention.levels`).
-
-  Raises:
-    RunError: if the workdir or its config.json is missing.
-  """
-  workdir = Path(workdir)
-  path = workdir / 'config.json'
-  if not workdir.is_dir():
-    raise RunError(f'{workdir}: no such workdir.')
-  if not path.is_file():
-    raise RunError(f'{path}: missing; is {workdir} the workdir of a jaxattr run?')
-  return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
-
-
-def load_attributes(workdir: str | Path) -> tuple[list[str], np.ndarray | None]:
-  """Attribute names (and train positive ratios if known) of a run.
-
-  Read from `attributes.json` (written when training starts); runs that predate it
-  fall back to the per-attribute keys of `results.json` (written at the end).
-
-  Args:
-    workdir: the run's workdir.
-
-  Returns:
-    (names, positive ratios float32 [C] or None).
-
-  Raises:
-    RunError: if neither file is there.
-  """
-  workdir = Path(workdir)
-  path = workdir / 'attributes.json'
-  if path.is_file():
-    data = json.loads(path.read_text())
-    ratio = data.get('positive_ratio')
-    return list(data['names']), None if ratio is None else np.asarray(ratio, np.float32)
-  results = workdir / 'results.json'
-  if results.is_file():
-    return list(json.loads(results.read_text())['test']['per_attribute']), None
-  raise RunError(f'{workdir}: neither attributes.json nor results.json; attribute names unknown.')
-
-
-def _manager(workdir: Path, which: str) -> ocp.CheckpointManager | None:
-  directory = workdir / CHECKPOINT_DIRS[which]
-  if not directory.is_dir():
-    return None
-  return ocp.CheckpointManager(
-    directory.absolute(),
-    item_handlers=ocp.PyTreeCheckpointHandler(),
-    options=ocp.CheckpointManagerOptions(create=False),
-  )
-
-
-def checkpoint_step(workdir: str | Path, which: str) -> int | None:
-  """The step of the run's 'best' or 'latest' checkpoint, None if there is none."""
-  manager = _manager(Path(workdir), which)
-  if manager is None:
-    return None
-  try:
-    # The best directory keeps exactly one checkpoint: its newest is the best.
-    return manager.latest_step()
-  finally:
-    manager.close()
-
-
-def resolve_checkpoint(workdir: str | Path, which: str = 'auto') -> CheckpointRef:
-  """The checkpoint to load: 'best', 'latest', or 'auto' (best, else latest).
-
-  Args:
-    workdir: the run's workdir.
-    which: 'best', 'latest' or 'auto'.
-
-  Returns:
-    The `CheckpointRef`.
-
-  Raises:
-    RunError: if the workdir has no such checkpoint.
-  """
-  if which not in CHECKPOINT_CHOICES:
-    raise ValueError(f'checkpoint must be one of {CHECKPOINT_CHOICES}, not {which!r}.')
-  workdir = Path(workdir)
-  if not workdir.is_dir():
-    raise RunError(f'{workdir}: no such workdir.')
-  for candidate in ('best', 'latest') if which == 'auto' else (which,):
-    step = checkpoint_step(workdir, candidate)
-    if step is not None:
-      return CheckpointRef(candidate, step)
-  where = ' or '.join(str(workdir / CHECKPOINT_DIRS[w]) for w in ('best', 'latest'))
-  if which == 'auto':
-    raise RunError(f'{workdir}: no checkpoint in {where}.')
-  raise RunError(f'{workdir}: no {which} checkpoint in {workdir / CHECKPOINT_DIRS[which]}.')
-
-
-def restore_variables(
-  workdir: str | Path, ref: CheckpointRef, sharding: jax.sharding.Sharding | None = None
-) -> dict[str, Any]:
-  """`params` and `batch_stats` of a checkpoint, nothing else (partial restore).
-
-  Args:
-    workdir: the run's workdir.
-    ref: which checkpoint (`resolve_checkpoint`).
-    sharding: where the arrays go; default the first device.
-
-  Returns:
-    `{'params': ..., 'batch_stats': ...}`, the variables of `model.apply`.
-  """
-  if sharding is None:
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  manager = _manager(Path(workdir), ref.which)
-  if manager is None:
-    raise RunError(f'{workdir}: no {ref.which} checkpoint.')
-  try:
-    saved = manager.item_metadata(ref.step).tree
-    target = {
-      key: jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), saved[key]
-      )
-      for key in ('params', 'batch_stats')
-    }
-    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), target)
-    return manager.restore(
-      ref.step,
-      args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True),
-    )
-  finally:
-    manager.close()
-
-
-def load_thresholds(
-  workdir: str | Path, names: Sequence[str], ref: CheckpointRef
-) -> np.ndarray | None:
-  """Tuned per-attribute thresholds of `ref`'s checkpoint, if `evaluate` wrote them.
-
-  Thresholds tuned for another checkpoint are not used (they belong to other weights).
-
-  Args:
-    workdir: the run's workdir.
-    names: the attribute names, in model order.
-    ref: the checkpoint the thresholds must have been tuned for.
-
-  Returns:
-    float64 [C], or None.
-  """
-  path = Path(workdir) / THRESHOLDS_FILE
-  if not path.is_file():
-    return None
-  data = json.loads(path.read_text())
-  if data.get('step') != ref.step or list(data['thresholds']) != list(names):
-    return None
-  return np.asarray([data['thresholds'][n] for n in names], np.float64)
-
-
 # --- The inference function --------------------------------------------------------
+
+
+def normalize(images: jax.Array, data_config: ml_collections.ConfigDict) -> jax.Array:
+  """uint8 images -> ImageNet-normalised float32, on device (inside the compiled steps).
+
+  Args:
+    images: uint8 [..., 3].
+    data_config: `config.data` (`mean` and `std` in [0, 1] units).
+
+  Returns:
+    float32, same shape.
+  """
+  mean = jnp.asarray(data_config.mean, jnp.float32) * 255.0
+  std = jnp.asarray(data_config.std, jnp.float32) * 255.0
+  return (images.astype(jnp.float32) - mean) / std
 
 
 def make_infer_fn(model, data_config: ml_collections.ConfigDict) -> Callable:
@@ -228,10 +53,9 @@ def make_infer_fn(model, data_config: ml_collections.ConfigDict) -> Callable:
     `fn(variables, images uint8 [B,S,S,3]) -> {'probs': [B,C], 'masks': (a per
     level, [B,h,w,C]), 'confidences': (s per level)}`.
   """
-  from jaxattr.data import input_pipeline  # Imported here: exported models never need it.
 
   def infer(variables, images):
-    outputs = model.apply(variables, input_pipeline.normalize(images, data_config), train=False)
+    outputs = model.apply(variables, normalize(images, data_config), train=False)
     return {
       'probs': jax.nn.sigmoid(outputs['logits']),
       'masks': tuple(outputs['masks']),
@@ -317,13 +141,13 @@ class Predictor:
     """
     from jaxattr.models import model as model_lib  # Only workdir predictors need the model.
 
-    config = load_config(workdir)
-    ref = resolve_checkpoint(workdir, checkpoint)
-    names, _ = load_attributes(workdir)
+    config = rundir.load_config(workdir)
+    ref = rundir.resolve_checkpoint(workdir, checkpoint)
+    names, _ = rundir.load_attributes(workdir)
     model = model_lib.create_model(config.model, len(names))
     device = jax.devices()[0]
-    variables = restore_variables(workdir, ref, jax.sharding.SingleDeviceSharding(device))
-    thresholds = load_thresholds(workdir, names, ref) if tuned_thresholds else None
+    variables = rundir.restore_variables(workdir, ref, jax.sharding.SingleDeviceSharding(device))
+    thresholds = rundir.load_thresholds(workdir, names, ref) if tuned_thresholds else None
     return cls(
       make_infer_fn(model, config.data),
       variables,

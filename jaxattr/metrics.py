@@ -10,11 +10,9 @@ always ignores unknown labels.
   `p > threshold`, eps = 1e-20).
 - `compute_metrics`: all of the above as a JSON-serialisable dict; `to_json`
   writes such dicts as standard JSON (an undefined metric, nan here, is null there).
-- `pointing_game` / `pointing_game_cells`: localisation accuracy of attention masks
-  (or of their argmax cells) against boxes.
-- `EvalOutputs` / `gather`: collect eval-step outputs over (padded) batches on the
-  host and drop the padding exactly; `make_train_metrics`: clu averages of the
-  loss terms.
+- `argmax_cells` / `pointing_game` / `pointing_game_chance`: localisation accuracy
+  of attention masks against boxes, and its chance level, with one cell rule.
+- `make_train_metrics`: clu averages of the loss terms.
 """
 
 import json
@@ -22,7 +20,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import flax
+import jax.numpy as jnp
 import numpy as np
 from clu import metrics as clu_metrics
 
@@ -290,19 +288,51 @@ def compute_metrics(
   }
 
 
-def pointing_game(
-  masks: np.ndarray, boxes: np.ndarray, labels: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-  """Pointing-game accuracy of attention masks, per attribute.
+def argmax_cells(masks: Any) -> Any:
+  """The argmax cell of each attribute's mask: the one cell rule of the pointing game.
 
-  For every positive (label == 1) pair (image n, attribute c), take the argmax
-  cell (i, j) of `masks[n, :, :, c]` (the first in row-major order on ties). It
-  is a hit when the cell, as the rectangle [i/H, (i+1)/H] x [j/W, (j+1)/W] of
-  normalised coordinates, overlaps the box; see `pointing_game_cells` for the
-  overlap rule.
+  Runs on device inside the eval step (so the host never gathers full masks) and
+  on host arrays alike.
 
   Args:
-    masks: float [N, H, W, C] attention maps.
+    masks: float [N, H, W, C] attention maps (numpy or jax).
+
+  Returns:
+    int32 [N, C]: the flat row-major index i * W + j of the maximum; on ties the
+    first in row-major order.
+  """
+  n, h, w, c = masks.shape
+  return jnp.argmax(jnp.reshape(masks, (n, h * w, c)), axis=1).astype(jnp.int32)
+
+
+def cell_boxes(cells: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+  """Flat cell indices -> their rectangles [i/H, j/W, (i+1)/H, (j+1)/W] (float64).
+
+  Args:
+    cells: int [...] flat row-major indices into an H x W grid (`argmax_cells`).
+    grid: (H, W).
+
+  Returns:
+    float64 [..., 4] normalised [ymin, xmin, ymax, xmax].
+  """
+  h, w = grid
+  cells = np.asarray(cells, np.int64)
+  row, col = cells // w, cells % w
+  return np.stack([row / h, col / w, (row + 1) / h, (col + 1) / w], axis=-1)
+
+
+def pointing_game(
+  cells: np.ndarray, grid: tuple[int, int], boxes: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+  """Pointing-game accuracy of attention masks from their argmax cells, per attribute.
+
+  For every positive (label == 1) pair (image n, attribute c), the argmax cell
+  (`argmax_cells`) is a hit when its rectangle (`cell_boxes`) overlaps the box;
+  see `pointing_game_cells` for the overlap rule.
+
+  Args:
+    cells: int [N, C] flat argmax cells (`argmax_cells`).
+    grid: (H, W) of the masks.
     boxes: float [N, C, 4] normalised [ymin, xmin, ymax, xmax] in [0, 1].
     labels: int [N, C]; only entries equal to 1 are scored.
 
@@ -310,24 +340,18 @@ def pointing_game(
     (accuracy [C] = hits / positives, nan where an attribute has no positive;
      counts [C] int, the number of positives scored).
   """
-  masks = np.asarray(masks)
-  n, h, w, c = masks.shape
-  cell = np.argmax(masks.reshape(n, h * w, c), axis=1)  # [N, C]
-  row, col = cell // w, cell % w
-  cells = np.stack([row / h, col / w, (row + 1) / h, (col + 1) / w], axis=-1)
-  return pointing_game_cells(cells, boxes, labels)
+  return pointing_game_cells(cell_boxes(cells, grid), boxes, labels)
 
 
 def pointing_game_cells(
   cells: np.ndarray, boxes: np.ndarray, labels: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Pointing-game accuracy from precomputed argmax cells, per attribute.
+  """Pointing-game accuracy of given cell rectangles, per attribute: the overlap rule.
 
-  For a run that reduces the masks to their argmax cell on device (so the host
-  never gathers full masks). A positive (label == 1) pair is a hit when the cell
-  overlaps the box with a positive-length overlap on both axes (open intervals:
-  a cell that only touches the box edge is a miss; a degenerate point box counts
-  when strictly inside the cell).
+  A positive (label == 1) pair is a hit when the cell overlaps the box with a
+  positive-length overlap on both axes (open intervals: a cell that only touches
+  the box edge is a miss; a degenerate point box counts when strictly inside the
+  cell).
 
   Args:
     cells: float [N, C, 4] normalised [ymin, xmin, ymax, xmax] of each
@@ -339,11 +363,8 @@ def pointing_game_cells(
     (accuracy [C] = hits / positives, nan where an attribute has no positive;
      counts [C] int, the number of positives scored).
   """
-  cells, boxes, labels = np.asarray(cells), np.asarray(boxes), np.asarray(labels)
-  c_ymin, c_xmin, c_ymax, c_xmax = (cells[..., k] for k in range(4))
-  b_ymin, b_xmin, b_ymax, b_xmax = (boxes[..., k] for k in range(4))
-  hit = (c_ymin < b_ymax) & (c_ymax > b_ymin) & (c_xmin < b_xmax) & (c_xmax > b_xmin)
-  positive = labels == 1
+  hit = _overlaps(np.asarray(cells), np.asarray(boxes))
+  positive = np.asarray(labels) == 1
   counts = positive.sum(axis=0)
   hits = (hit & positive).sum(axis=0)
   with np.errstate(invalid='ignore', divide='ignore'):
@@ -351,15 +372,24 @@ def pointing_game_cells(
   return accuracy, counts
 
 
+def _overlaps(cells: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+  """Positive-length overlap on both axes of [..., 4] rectangles (open intervals)."""
+  c_ymin, c_xmin, c_ymax, c_xmax = (cells[..., k] for k in range(4))
+  b_ymin, b_xmin, b_ymax, b_xmax = (boxes[..., k] for k in range(4))
+  return (c_ymin < b_ymax) & (c_ymax > b_ymin) & (c_xmin < b_xmax) & (c_xmax > b_xmin)
+
+
 def pointing_game_chance(
   boxes: np.ndarray, labels: np.ndarray, grid: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
   """The pointing-game accuracy of a mask whose argmax is a uniformly random cell.
 
-  The baseline that gives `pointing_game_cells` its meaning: the expected hit
-  rate when the argmax cell is drawn uniformly from the h x w grid, i.e. per
-  positive pair the fraction of cells that overlap the box (same open-interval
-  rule), averaged over the positives of each attribute.
+  The baseline that gives `pointing_game` its meaning: the expected hit rate when
+  the argmax cell is drawn uniformly from the h x w grid, i.e. per positive pair
+  the fraction of cells that overlap the box, averaged over the positives of each
+  attribute. Every cell is scored with the rule of the measured rate
+  (`cell_boxes`, then `pointing_game_cells`'s overlap), so a box edge on a cell
+  edge counts the same in both.
 
   Args:
     boxes: float [N, C, 4] normalised [ymin, xmin, ymax, xmax].
@@ -369,43 +399,17 @@ def pointing_game_chance(
   Returns:
     (chance accuracy [C], nan where an attribute has no positive; counts [C]).
   """
-  boxes, labels = np.asarray(boxes, np.float64), np.asarray(labels)
+  boxes, labels = np.asarray(boxes), np.asarray(labels)
   h, w = grid
-  rows, cols = np.arange(h), np.arange(w)
-  row_hits = ((rows / h < boxes[..., 2:3]) & ((rows + 1) / h > boxes[..., 0:1])).sum(-1)
-  col_hits = ((cols / w < boxes[..., 3:4]) & ((cols + 1) / w > boxes[..., 1:2])).sum(-1)
-  fraction = row_hits * col_hits / (h * w)
+  cells_hit = np.zeros(labels.shape, np.int64)
+  for cell in range(h * w):
+    cells_hit += _overlaps(cell_boxes(np.full(labels.shape, cell), grid), boxes)
+  fraction = cells_hit / (h * w)
   positive = labels == 1
   counts = positive.sum(axis=0)
   with np.errstate(invalid='ignore', divide='ignore'):
     chance = np.where(counts > 0, (fraction * positive).sum(axis=0) / counts, np.nan)
   return chance, counts
-
-
-@flax.struct.dataclass
-class EvalOutputs(clu_metrics.CollectingMetric.from_outputs(('probs', 'labels', 'mask'))):
-  """Collects the eval-step outputs on the host, batch after batch.
-
-  Not jit-able (clu's `CollectingMetric` copies to host memory): the eval step
-  returns `probs` [B, C], `labels` [B, C] and `mask` [B] (False for padding rows),
-  and the Python loop merges
-  `EvalOutputs.from_model_output(probs=..., labels=..., mask=...)`.
-  `gather` then drops the padding.
-  """
-
-
-def gather(collected: EvalOutputs | Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-  """The probabilities and labels of every real example, padding rows dropped.
-
-  Args:
-    collected: a merged `EvalOutputs` or its `compute()` dict.
-
-  Returns:
-    (probs [N, C], labels [N, C]) in collection order.
-  """
-  values = collected.compute() if isinstance(collected, EvalOutputs) else collected
-  mask = np.asarray(values['mask']).astype(bool).reshape(-1)
-  return np.asarray(values['probs'])[mask], np.asarray(values['labels'])[mask]
 
 
 def make_train_metrics(term_names: Sequence[str]) -> type[clu_metrics.Collection]:

@@ -110,7 +110,7 @@ def _decode(path: Path) -> np.ndarray:
   import tensorflow as tf
   from PIL import Image, UnidentifiedImageError
 
-  from jaxattr.data import input_pipeline
+  from jaxattr.data import images, input_pipeline
 
   try:
     data = path.read_bytes()
@@ -118,6 +118,8 @@ def _decode(path: Path) -> np.ndarray:
     raise ImageError(f'{path}: no such file.') from None
   except OSError as e:
     raise ImageError(f'{path}: cannot read ({e.strerror or e}).') from None
+  if too_large := images.oversize_error(data, path):  # Before decoding anything.
+    raise ImageError(too_large)
   try:
     return input_pipeline.decode(tf.constant(data)).numpy()
   except (tf.errors.InvalidArgumentError, ValueError):
@@ -293,7 +295,7 @@ def main(argv: Sequence[str]) -> int:
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Before TensorFlow is first imported.
-  from jaxattr import inference
+  from jaxattr import inference, rundir
 
   inputs = argv[1:]
   if bool(FLAGS.workdir) == bool(FLAGS.exported):
@@ -312,7 +314,7 @@ def main(argv: Sequence[str]) -> int:
         batch_size=FLAGS.batch_size,
         tuned_thresholds=FLAGS.tuned_thresholds,
       )
-  except (inference.RunError, ValueError, OSError) as e:
+  except (rundir.RunError, ValueError, OSError) as e:
     sys.stderr.write(f'error: {e}\n')
     return 2
   logging.info('Model: %s', predictor.description)

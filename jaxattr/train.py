@@ -1,4 +1,4 @@
-"""Training and evaluation: the train state, pure compiled steps, and the loop.
+"""Training: the train state, the pure compiled train step, and the loop.
 
 One `TrainState` pytree holds everything a run needs to continue: parameters,
 BatchNorm statistics, optimizer states, the prediction-variance history, the
@@ -11,7 +11,14 @@ Steps are pure and compiled once per stage with `jax.jit` over a 1-D device mesh
 inserts the collectives (gradient all-reduce, global-batch BatchNorm statistics,
 the all-gather of the batch's (index, p) pairs into the replicated history), so
 the step reads as single-device code and gives the same result on any number of
-devices or hosts.
+devices or hosts (`jaxattr.sharding`). The optimizers and schedules are built by
+`jaxattr.optim`; evaluation (every epoch on the validation split, at the end on
+both) is `jaxattr.evaluation`; every file the run writes is named by
+`jaxattr.rundir`.
+
+TensorFlow feeds the input pipeline only: it (and clu's writers, which import it)
+is imported by the functions that read data or write logs, so the state, the step
+and the experiment's pieces import and run without it.
 
 Faults (see docs/multihost.md):
   * Preemption. SIGTERM (or SIGINT) makes the loop finish the current step, save a
@@ -33,7 +40,6 @@ Faults (see docs/multihost.md):
 
 import dataclasses
 import functools
-import json
 import math
 import signal
 import time
@@ -47,17 +53,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import optax.contrib
 from absl import logging
-from clu import metric_writers, periodic_actions
 from flax import linen as nn
 
-from jaxattr import checkpoints, losses, metrics
+from jaxattr import checkpoints, evaluation, inference, losses, metrics, optim, rundir, sharding
 from jaxattr import history as hist
-from jaxattr.data import input_pipeline
 from jaxattr.models import model as model_lib
-
-BACKBONE = 'backbone'
+from jaxattr.optim import BACKBONE
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -72,70 +74,10 @@ class TrainState(flax.struct.PyTreeNode):
   history: dict[str, jax.Array]
   plateau: Any  # optax.contrib reduce-on-plateau state (its `scale` multiplies the lr).
   best_metric: jax.Array  # Best validation metric so far (-inf before the first eval).
-  rng: jax.Array  # Raw uint32 key data (kept for stochastic extensions; steps fold in `step`).
 
-
-# --- Pieces ---------------------------------------------------------------------
-
-
-def split_params(params: dict) -> tuple[dict, dict]:
-  """(backbone, heads) parts of the model parameters."""
-  heads = {k: v for k, v in params.items() if k != BACKBONE}
-  return params[BACKBONE], heads
-
-
-def make_optimizer(opt: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """The optimizer of one parameter group, with the lr injectable per step.
-
-  SGD and Adam get L2 weight decay through `optax.add_decayed_weights` (as MXNet,
-  the authors' framework, and PyTorch's `weight_decay` do); 'adamw' is decoupled.
-  """
-
-  def make(learning_rate):
-    if opt.name == 'sgd':
-      return optax.chain(
-        optax.add_decayed_weights(opt.weight_decay),
-        optax.sgd(learning_rate, momentum=opt.momentum or None, nesterov=opt.nesterov),
-      )
-    if opt.name == 'adam':
-      return optax.chain(optax.add_decayed_weights(opt.weight_decay), optax.adam(learning_rate))
-    if opt.name == 'adamw':
-      return optax.adamw(learning_rate, weight_decay=opt.weight_decay)
-    raise ValueError(f"optimizer.name must be 'sgd', 'adam' or 'adamw', not {opt.name!r}.")
-
-  return optax.inject_hyperparams(make)(learning_rate=opt.learning_rate)
-
-
-def make_plateau(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
-  """lr / factor after `patience` evaluations without gain, down to `min_lr`."""
-  s = config.schedule
-  return optax.contrib.reduce_on_plateau(
-    factor=s.factor,
-    patience=s.patience,
-    rtol=0.0,
-    atol=1e-4,  # A gain is an improvement of the metric by more than 1e-4.
-    min_scale=s.min_lr / config.optimizer.learning_rate,
-  )
-
-
-def make_lr_fn(config: ml_collections.ConfigDict, steps_per_epoch: int) -> Callable:
-  """Base learning rate as a function of the step (the plateau scale multiplies it)."""
-  s, lr = config.schedule, config.optimizer.learning_rate
-  warmup = int(s.warmup_epochs * steps_per_epoch)
-  total = max(int(config.train.num_epochs * steps_per_epoch), warmup + 1)
-  if s.name in ('plateau', 'constant'):
-    base = optax.constant_schedule(lr)
-  elif s.name == 'step':
-    base = optax.piecewise_constant_schedule(
-      lr, {int(e * steps_per_epoch): s.factor for e in s.step_epochs}
-    )
-  elif s.name == 'cosine':
-    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total, end_value=s.min_lr)
-  else:
-    raise ValueError(f'schedule.name must be plateau/step/cosine/constant, not {s.name!r}.')
-  if warmup:
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), base], [warmup])
-  return base
+  def variables(self) -> dict[str, Any]:
+    """The model's variables, what evaluation and inference take."""
+    return {'params': self.params, 'batch_stats': self.batch_stats}
 
 
 def num_history_sources(config: ml_collections.ConfigDict) -> int:
@@ -145,6 +87,7 @@ def num_history_sources(config: ml_collections.ConfigDict) -> int:
 
 
 def history_std(state_history, indices, num_sources) -> jax.Array:
+  """[S, B, C] std of the examples' histories; [0, B, 1] when the run keeps none."""
   return hist.std(state_history, indices) if num_sources else jnp.zeros((0, indices.shape[0], 1))
 
 
@@ -152,7 +95,7 @@ def history_std(state_history, indices, num_sources) -> jax.Array:
 _train_metrics = functools.lru_cache(metrics.make_train_metrics)
 
 
-# --- Steps ----------------------------------------------------------------------
+# --- The step and the state ------------------------------------------------------
 
 
 def train_step(
@@ -185,7 +128,7 @@ def train_step(
   Returns:
     (new state, scalar metrics of the step).
   """
-  images = input_pipeline.normalize(batch['image'], config.data)
+  images = inference.normalize(batch['image'], config.data)
   std = jax.lax.stop_gradient(history_std(state.history, batch['index'], num_sources))
 
   def loss_fn(params):
@@ -218,20 +161,21 @@ def train_step(
     grads, _ = optax.clip_by_global_norm(config.optimizer.grad_clip_norm).update(grads, None)
 
   lr = lr_fn(state.step) * state.plateau.scale
-  backbone_params, head_params = split_params(state.params)
-  backbone_grads, head_grads = split_params(grads)
+  backbone_params, head_params = optim.split_params(state.params)
+  backbone_grads, head_grads = optim.split_params(grads)
   opt_state = dict(state.opt_state)
-  tx = make_optimizer(config.optimizer)
+  tx = optim.make_optimizer(config.optimizer)
 
-  def apply(part_params, part_grads, part_state):
-    part_state.hyperparams['learning_rate'] = lr
+  def apply(part_params, part_grads, part_state, scale=1.0):
+    part_state.hyperparams['learning_rate'] = lr * scale
     updates, part_state = tx.update(part_grads, part_state, part_params)
     return optax.apply_updates(part_params, updates), part_state
 
   head_params, opt_state['heads'] = apply(head_params, head_grads, opt_state['heads'])
   if not freeze_backbone:
+    # Pretrained backbones are often fine-tuned at a fraction of the heads' rate.
     backbone_params, opt_state[BACKBONE] = apply(
-      backbone_params, backbone_grads, opt_state[BACKBONE]
+      backbone_params, backbone_grads, opt_state[BACKBONE], config.optimizer.backbone_lr_scale
     )
   params = {BACKBONE: backbone_params, **head_params}
 
@@ -258,55 +202,6 @@ def train_step(
   return new_state, step_metrics
 
 
-def eval_step(
-  state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module, config
-) -> dict[str, jax.Array]:
-  """Predictions of one padded eval batch; pure.
-
-  Returns:
-    `probs` [B,C], `labels`, `mask`, `index`, and per attention level the cell
-    (normalised [ymin, xmin, ymax, xmax], [B,C,4]) at the argmax of the masks a
-    (`cells_mask_<level>`) and of the confidence-weighted masks a*s
-    (`cells_weighted_<level>`), for the pointing game.
-  """
-  images = input_pipeline.normalize(batch['image'], config.data)
-  outputs = model.apply(
-    {'params': state.params, 'batch_stats': state.batch_stats}, images, train=False
-  )
-  out = {
-    'probs': jax.nn.sigmoid(outputs['logits']),
-    'labels': batch['labels'],
-    'mask': batch['mask'],
-    'index': batch['index'],
-  }
-  if 'cue_boxes' in batch:  # Synthetic data: where each cue is, for the pointing game.
-    out['cue_boxes'] = batch['cue_boxes']
-  levels = tuple(config.model.attention.levels)
-  for level, a, s in zip(levels, outputs['masks'], outputs['confidences'], strict=True):
-    out[f'cells_mask_{level}'] = _argmax_cell(a)
-    out[f'cells_weighted_{level}'] = _argmax_cell(a * s)
-  return out
-
-
-def _argmax_cell(masks: jax.Array) -> jax.Array:
-  """[B,H,W,C] masks -> [B,C,4] normalised box of each attribute's argmax cell."""
-  b, h, w, c = masks.shape
-  flat = jnp.argmax(masks.reshape(b, h * w, c), axis=1)
-  row, col = (flat // w).astype(jnp.float32), (flat % w).astype(jnp.float32)
-  return jnp.stack([row / h, col / w, (row + 1) / h, (col + 1) / w], axis=-1)
-
-
-# --- Set-up -----------------------------------------------------------------------
-
-
-def create_mesh(devices=None) -> jax.sharding.Mesh:
-  """A 1-D data-parallel mesh over `devices` (default: all devices of all processes)."""
-  devices = jax.devices() if devices is None else list(devices)
-  return jax.make_mesh(
-    (len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
-  )
-
-
 def create_train_state(
   config: ml_collections.ConfigDict,
   model: nn.Module,
@@ -314,16 +209,26 @@ def create_train_state(
   num_classes: int,
   sharding: jax.sharding.Sharding,
 ) -> TrainState:
-  """A fresh train state, placed with `sharding` (replicated)."""
+  """A fresh train state, placed with `sharding` (replicated).
+
+  Args:
+    config: the run config.
+    model: the attribute model.
+    num_train: examples in the train split (rows of the history).
+    num_classes: attributes.
+    sharding: where the state goes.
+
+  Returns:
+    The state at step 0.
+  """
   size = config.data.image_size
   num_sources = num_history_sources(config)
-  tx = make_optimizer(config.optimizer)
+  tx = optim.make_optimizer(config.optimizer)
 
   def init():
-    key = jax.random.key(config.seed)
-    variables = model.init(key, jnp.zeros((1, size, size, 3)), train=False)
+    variables = model.init(jax.random.key(config.seed), jnp.zeros((1, size, size, 3)), train=False)
     params = variables['params']
-    backbone, heads = split_params(params)
+    backbone, heads = optim.split_params(params)
     return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
@@ -333,9 +238,8 @@ def create_train_state(
       history=(
         hist.init(num_sources, num_train, config.history.length, num_classes) if num_sources else {}
       ),
-      plateau=make_plateau(config).init(jnp.zeros(())),
+      plateau=optim.make_plateau(config).init(jnp.zeros(())),
       best_metric=jnp.full((), -jnp.inf, jnp.float32),
-      rng=jax.random.key_data(jax.random.fold_in(key, 1)),
     )
 
   return jax.jit(init, out_shardings=sharding)()
@@ -372,70 +276,131 @@ def _checked_replace(current, loaded, path):
   )
 
 
-# --- Evaluation ---------------------------------------------------------------------
+# --- The experiment ----------------------------------------------------------------
 
 
-def evaluate(
-  state: TrainState,
-  p_eval_step: Callable,
-  builder,
-  config: ml_collections.ConfigDict,
-  split: str,
-  info: input_pipeline.DatasetInfo,
-  data_sharding: jax.sharding.Sharding,
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-  """Metrics over every example of `split`; also returns the gathered predictions."""
-  extra = ('cue_boxes',) if info.has_cue_boxes else ()
-  batches, _ = input_pipeline.eval_batches(
-    builder,
-    config.data,
-    split,
-    global_batch=config.eval.batch_size,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-    extra_keys=extra,
+@dataclasses.dataclass
+class Experiment:
+  """A run's data, model, mesh, fresh state and compiled steps (no I/O to the workdir)."""
+
+  config: ml_collections.ConfigDict
+  evaluator: evaluation.Evaluator
+  mesh: jax.sharding.Mesh
+  state: TrainState
+  steps_per_epoch: int
+  total_steps: int
+  freeze_steps: int
+  train_steps: dict[bool, Callable]  # Compiled train step per stage (frozen or not).
+  plateau_update: Callable
+
+  @property
+  def builder(self):
+    return self.evaluator.builder
+
+  @property
+  def info(self):
+    return self.evaluator.info
+
+  @property
+  def model(self) -> nn.Module:
+    return self.evaluator.model
+
+  def train_step(self, state: TrainState, batch: dict[str, np.ndarray], step: int):
+    """Runs the compiled step of the stage that `step` (== state.step) is in.
+
+    The step number comes from the host so choosing the stage never waits for the
+    device (no sync between steps).
+    """
+    frozen = step < self.freeze_steps
+    return self.train_steps[frozen](
+      state, sharding.to_global(batch, sharding.batch_sharded(self.mesh))
+    )
+
+  def train_batches(self, start_step: int = 0):
+    """This process's share of the train batches from `start_step` on, endlessly."""
+    from jaxattr.data import input_pipeline
+
+    return input_pipeline.train_batches(
+      self.builder,
+      self.config.data,
+      global_batch=self.config.train.batch_size,
+      seed=self.config.seed,
+      start_step=start_step,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
+
+  def evaluate(self, state: TrainState, split: str):
+    """`evaluation.Evaluator.evaluate` of the state's variables."""
+    return self.evaluator.evaluate(state.variables(), split)
+
+
+def create_experiment(config: ml_collections.ConfigDict, devices=None) -> Experiment:
+  """Prepares the data (process 0), builds the model, state and compiled steps.
+
+  Args:
+    config: the run config.
+    devices: devices of the mesh; default all devices of all processes.
+
+  Returns:
+    The `Experiment`.
+  """
+  from jaxattr.data import input_pipeline
+
+  builder, info = evaluation.open_dataset(config)
+  num_train = info.split_sizes[config.data.train_split]
+  logging.info(
+    'Dataset %s: %s; %d attributes.', builder.info.full_name, info.split_sizes, info.num_classes
   )
-  gathered: dict[str, list[np.ndarray]] = {}
-  for batch in batches:
-    out = jax.device_get(p_eval_step(state, _to_global(batch, data_sharding)))
-    for k, v in out.items():
-      gathered.setdefault(k, []).append(np.asarray(v))
-  data = {k: np.concatenate(v) for k, v in gathered.items()}
-  keep = data.pop('mask').astype(bool)
-  data = {k: v[keep] for k, v in data.items()}
-  if len(np.unique(data['index'])) != len(data['index']):
-    raise AssertionError(f'Evaluation of {split} saw an example twice.')
-  result = metrics.compute_metrics(
-    data['probs'], data['labels'], info.attribute_names, threshold=config.eval.threshold
+  mesh = sharding.create_mesh(devices)
+  sharding.check_divides(
+    mesh, **{'train.batch_size': config.train.batch_size, 'eval.batch_size': config.eval.batch_size}
   )
-  result['num_examples'] = int(len(data['index']))
-  if 'cue_boxes' in data:
-    result['pointing_game'] = pointing_game(data, info.attribute_names)
-  return result, data
+  replicated, data_sharding = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  spe = input_pipeline.steps_per_epoch(num_train, config.train.batch_size)
+  total_steps = int(config.train.num_epochs * spe)
+  if config.train.max_steps:
+    total_steps = min(total_steps, config.train.max_steps)
 
-
-def pointing_game(data, names) -> dict[str, Any]:
-  """Pointing-game accuracy per attention level and attribute (synthetic data)."""
-  out = {}
-  for key in sorted(k for k in data if k.startswith('cells_')):
-    hits, counts = metrics.pointing_game_cells(data[key], data['cue_boxes'], data['labels'])
-    per_attr = {n: (float(x) if c else None) for n, x, c in zip(names, hits, counts, strict=True)}
-    valid = counts > 0
-    overall = float(np.sum(hits[valid] * counts[valid]) / max(counts[valid].sum(), 1))
-    out[key[len('cells_') :]] = {'overall': overall, 'per_attribute': per_attr}
-  return out
+  model = model_lib.create_model(config.model, info.num_classes)
+  state = create_train_state(config, model, num_train, info.num_classes, replicated)
+  w_pos, w_neg = losses.class_weights(info.positive_ratio, config.loss.class_weights)
+  step_kwargs = dict(
+    model=model,
+    config=config,
+    w_pos=jnp.asarray(w_pos, jnp.float32),
+    w_neg=jnp.asarray(w_neg, jnp.float32),
+    lr_fn=optim.make_lr_fn(config, spe),
+    steps_per_epoch=spe,
+    num_sources=num_history_sources(config),
+  )
+  train_steps = {
+    frozen: jax.jit(
+      functools.partial(train_step, freeze_backbone=frozen, **step_kwargs),
+      in_shardings=(replicated, data_sharding),
+      out_shardings=(replicated, replicated),
+      donate_argnums=0,
+    )
+    for frozen in (True, False)
+  }
+  plateau_tx = optim.make_plateau(config)
+  plateau_update = jax.jit(
+    lambda s, v: plateau_tx.update(jnp.zeros(()), s, value=v)[1], out_shardings=replicated
+  )
+  return Experiment(
+    config=config,
+    evaluator=evaluation.Evaluator(config, builder, info, model, mesh),
+    mesh=mesh,
+    state=state,
+    steps_per_epoch=spe,
+    total_steps=total_steps,
+    freeze_steps=int(config.train.freeze_backbone_epochs * spe),
+    train_steps=train_steps,
+    plateau_update=plateau_update,
+  )
 
 
 # --- The loop -----------------------------------------------------------------------
-
-
-def _to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
-
-
-def _selection_value(result: dict[str, Any], config) -> float:
-  key = {'map': f'map_{config.eval.ap}', 'ma': 'ma', 'f1': 'f1'}[config.eval.metric]
-  return float(result[key])
 
 
 class _Stop:
@@ -484,9 +449,11 @@ class _Writer:
   """clu writer (TensorBoard + log) plus a plain metrics.jsonl, process 0 only."""
 
   def __init__(self, workdir: Path):
+    from clu import metric_writers  # Imports TensorFlow: only the loop writes.
+
     self.is_main = jax.process_index() == 0
     self.clu = metric_writers.create_default_writer(str(workdir), just_logging=not self.is_main)
-    self.jsonl = open(workdir / 'metrics.jsonl', 'a') if self.is_main else None  # noqa: SIM115
+    self.jsonl = open(rundir.metrics_path(workdir), 'a') if self.is_main else None  # noqa: SIM115
 
   def scalars(self, step: int, scalars: dict[str, float]) -> None:
     scalars = {k: float(v) for k, v in scalars.items()}
@@ -513,137 +480,6 @@ def _check_finite(window: list[tuple[int, dict]]) -> None:
       )
 
 
-@dataclasses.dataclass
-class Experiment:
-  """A run's data, model, mesh, fresh state and compiled steps (no I/O to the workdir)."""
-
-  config: ml_collections.ConfigDict
-  builder: Any
-  info: input_pipeline.DatasetInfo
-  mesh: jax.sharding.Mesh
-  replicated: jax.sharding.Sharding
-  data_sharding: jax.sharding.Sharding
-  model: nn.Module
-  state: TrainState
-  steps_per_epoch: int
-  total_steps: int
-  freeze_steps: int
-  train_steps: dict[bool, Callable]  # Compiled train step per stage (frozen or not).
-  eval_step: Callable
-  plateau_update: Callable
-
-  def train_step(self, state: TrainState, batch: dict[str, np.ndarray], step: int):
-    """Runs the compiled step of the stage that `step` (== state.step) is in.
-
-    The step number comes from the host so choosing the stage never waits for the
-    device (no sync between steps).
-    """
-    frozen = step < self.freeze_steps
-    return self.train_steps[frozen](state, _to_global(batch, self.data_sharding))
-
-  def train_batches(self, start_step: int = 0):
-    return input_pipeline.train_batches(
-      self.builder,
-      self.config.data,
-      global_batch=self.config.train.batch_size,
-      seed=self.config.seed,
-      start_step=start_step,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
-    )
-
-  def evaluate(self, state: TrainState, split: str):
-    return evaluate(
-      state, self.eval_step, self.builder, self.config, split, self.info, self.data_sharding
-    )
-
-
-def create_experiment(config: ml_collections.ConfigDict, devices=None) -> Experiment:
-  """Prepares the data (process 0), builds the model, state and compiled steps.
-
-  Args:
-    config: the run config.
-    devices: devices of the mesh; default all devices of all processes.
-
-  Returns:
-    The `Experiment`.
-  """
-  builder = input_pipeline.get_builder(config.data)
-  if jax.process_index() == 0:
-    input_pipeline.prepare(builder, config.data)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
-    multihost_utils.sync_global_devices('dataset prepared')
-    builder = input_pipeline.get_builder(config.data)
-  info = input_pipeline.get_dataset_info(builder, config.data)
-  num_train = info.split_sizes[config.data.train_split]
-  logging.info(
-    'Dataset %s: %s; %d attributes.', builder.info.full_name, info.split_sizes, info.num_classes
-  )
-
-  mesh = create_mesh(devices)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
-  global_batch = config.train.batch_size
-  if global_batch % mesh.size or config.eval.batch_size % mesh.size:
-    raise ValueError(
-      f'train.batch_size ({global_batch}) and eval.batch_size ({config.eval.batch_size}) '
-      f'must divide over {mesh.size} devices.'
-    )
-  spe = input_pipeline.steps_per_epoch(num_train, global_batch)
-  total_steps = int(config.train.num_epochs * spe)
-  if config.train.max_steps:
-    total_steps = min(total_steps, config.train.max_steps)
-
-  model = model_lib.create_model(config.model, info.num_classes)
-  state = create_train_state(config, model, num_train, info.num_classes, replicated)
-  w_pos, w_neg = losses.class_weights(info.positive_ratio, config.loss.class_weights)
-  step_kwargs = dict(
-    model=model,
-    config=config,
-    w_pos=jnp.asarray(w_pos, jnp.float32),
-    w_neg=jnp.asarray(w_neg, jnp.float32),
-    lr_fn=make_lr_fn(config, spe),
-    steps_per_epoch=spe,
-    num_sources=num_history_sources(config),
-  )
-  train_steps = {
-    frozen: jax.jit(
-      functools.partial(train_step, freeze_backbone=frozen, **step_kwargs),
-      in_shardings=(replicated, data_sharding),
-      out_shardings=(replicated, replicated),
-      donate_argnums=0,
-    )
-    for frozen in (True, False)
-  }
-  p_eval_step = jax.jit(
-    functools.partial(eval_step, model=model, config=config),
-    in_shardings=(replicated, data_sharding),
-    out_shardings=replicated,
-  )
-  plateau_tx = make_plateau(config)
-  plateau_update = jax.jit(
-    lambda s, v: plateau_tx.update(jnp.zeros(()), s, value=v)[1], out_shardings=replicated
-  )
-  return Experiment(
-    config=config,
-    builder=builder,
-    info=info,
-    mesh=mesh,
-    replicated=replicated,
-    data_sharding=data_sharding,
-    model=model,
-    state=state,
-    steps_per_epoch=spe,
-    total_steps=total_steps,
-    freeze_steps=int(config.train.freeze_backbone_epochs * spe),
-    train_steps=train_steps,
-    eval_step=p_eval_step,
-    plateau_update=plateau_update,
-  )
-
-
 def train_and_evaluate(
   config: ml_collections.ConfigDict, workdir: str, devices=None
 ) -> dict[str, Any]:
@@ -663,20 +499,25 @@ def train_and_evaluate(
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
-  if is_main:
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
 
   ex = create_experiment(config, devices)
   if is_main:  # So the tools restore a run without its dataset: names, train positive ratios.
-    names = {'names': ex.info.attribute_names, 'positive_ratio': ex.info.positive_ratio.tolist()}
-    (workdir / 'attributes.json').write_text(json.dumps(names) + '\n')
+    rundir.write_attributes(workdir, ex.info.attribute_names, ex.info.positive_ratio)
   state, spe, total_steps = ex.state, ex.steps_per_epoch, ex.total_steps
   ckpt = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints, cleanup_tmp=True)
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(state)
+  restored = ckpt.restore_latest(state)  # The newest readable; damaged ones set aside.
+  if restored is not None:
+    state = restored
     logging.info('Resumed at step %d.', int(state.step))
   elif config.model.pretrained:
-    state = load_pretrained(state, config.model.pretrained)
+    from jaxattr import pretrained  # `torchvision:ARCH` -> a converted directory (cached).
+
+    path = pretrained.resolve(config.model.pretrained, config.model.backbone, config.model.width)
+    state = load_pretrained(state, path)
+  if is_main:  # The config in use from this step on: config.json, config_history.jsonl.
+    rundir.record_config(workdir, config, int(state.step))
+
+  from clu import periodic_actions  # Imports TensorFlow: only the loop reports.
 
   writer = _Writer(workdir)
   report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer.clu)
@@ -715,14 +556,14 @@ def train_and_evaluate(
       if end_of_epoch and (step // spe) % config.eval.every_epochs == 0:
         with report.timed('eval'):
           result, _ = ex.evaluate(state, config.data.eval_split)
-        value = _selection_value(result, config)
-        writer.scalars(step, {f'val/{k}': v for k, v in _flat_scalars(result).items()})
+        value = evaluation.selection_value(result, config)
+        writer.scalars(step, {f'val/{k}': v for k, v in evaluation.flat_scalars(result).items()})
         if config.schedule.name == 'plateau':
           state = state.replace(plateau=ex.plateau_update(state.plateau, np.float32(-value)))
         if value > float(state.best_metric):
           # Placed like the rest of the state: with several processes a host-local
           # array could not be checkpointed (every process holds the same value).
-          best = jax.device_put(np.float32(value), ex.replicated)
+          best = jax.device_put(np.float32(value), sharding.replicated(ex.mesh))
           state = state.replace(best_metric=best)
           ckpt.save_best(step, state, value)
           logging.info('Step %d: new best validation %s = %.4f', step, config.eval.metric, value)
@@ -761,87 +602,18 @@ def train_and_evaluate(
     results['validation'], _ = ex.evaluate(best, config.data.eval_split)
     results['test'], _ = ex.evaluate(best, config.data.test_split)
   if config.eval.attention_grid and is_main and config.model.attention.levels:
-    results['attention_grid'] = str(attention_grid(ex, best, workdir / 'attention.png'))
+    grid = evaluation.attention_grid(ex.evaluator, best.variables(), rundir.attention_path(workdir))
+    results['attention_grid'] = str(grid)
   results['wall_time_s'] = time.time() - start_time
-  writer.scalars(step, {f'test/{k}': v for k, v in _flat_scalars(results['test']).items()})
+  writer.scalars(
+    step, {f'test/{k}': v for k, v in evaluation.flat_scalars(results['test']).items()}
+  )
   writer.close()
   if is_main:
-    (workdir / 'results.json').write_text(metrics.to_json(results, indent=2) + '\n')
-    (workdir / 'results.md').write_text(results_markdown(results, config))
-    logging.info('Results:\n%s', results_markdown(results, config))
+    markdown = evaluation.results_markdown(results)
+    rundir.write_results(workdir, results, markdown)
+    logging.info('Results:\n%s', markdown)
+    for line in evaluation.pointing_game_lines(results['test']):
+      logging.info('Test %s', line)
   ckpt.close()
   return results
-
-
-def attention_grid(ex: Experiment, state: TrainState, path: Path, max_scan: int = 512) -> Path:
-  """Draws the attention masks of both levels over test images (README, demo).
-
-  Columns: two frequent and the rarer attributes; rows: for each column, the
-  first test image where that attribute is present.
-  """
-  from jaxattr import visualize  # matplotlib only when a grid is asked for.
-
-  config, names = ex.config, ex.info.attribute_names
-  order = np.argsort(ex.info.positive_ratio)  # Rarest first.
-  columns = [names[i] for i in (*order[:4], *order[-2:])]
-  ds = ex.builder.as_dataset(split=config.data.test_split, shuffle_files=False).take(max_scan)
-  chosen, used = [], set()
-  for example in ds.as_numpy_iterator():
-    hits = [c for c in columns if example['labels'][names.index(c)] == 1 and c not in used]
-    if hits:
-      used.add(hits[0])
-      chosen.append(example)
-    if len(used) == len(columns):
-      break
-  images = np.stack(
-    [input_pipeline.eval_preprocess(e['image'], config.data).numpy() for e in chosen]
-  )
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  x = input_pipeline.normalize(jnp.asarray(images), config.data)
-  out = jax.device_get(ex.model.apply(jax.device_get(variables), x, train=False))
-  return visualize.attention_grid(
-    list(images),
-    list(out['masks']),
-    np.asarray(jax.nn.sigmoid(out['logits'])),
-    np.stack([e['labels'] for e in chosen]),
-    names,
-    columns,
-    path,
-    level_names=[str(level) for level in config.model.attention.levels],
-  )
-
-
-def _flat_scalars(result: dict[str, Any]) -> dict[str, float]:
-  keys = ('map_voc', 'map_sklearn', 'ma', 'acc', 'prec', 'rec', 'f1')
-  return {k: result[k] for k in keys if k in result}
-
-
-def results_markdown(results: dict[str, Any], config) -> str:
-  """The overall and per-attribute test (and validation) metrics as markdown."""
-  test, val = results['test'], results['validation']
-  lines = [
-    f'# Results: {results["dataset"]}',
-    '',
-    f'Best validation step {results.get("best_step", results["steps"])} of {results["steps"]}; '
-    f'wall time {results["wall_time_s"]:.0f} s.',
-    '',
-    '| split | mAP (voc) | mAP (sklearn) | mA | Acc | Prec | Rec | F1 |',
-    '|---|---|---|---|---|---|---|---|',
-  ]
-  for name, r in (('validation', val), ('test', test)):
-    cells = ' | '.join(f'{100 * r[k]:.2f}' for k in _flat_scalars(r))
-    lines.append(f'| {name} | {cells} |')
-  lines += [
-    '',
-    '| attribute (test) | AP (voc) | AP (sklearn) | mA | Prec | Rec | F1 | positives |',
-    '|---|---|---|---|---|---|---|---|',
-  ]
-  for name, r in test['per_attribute'].items():
-    vals = [r['ap_voc'], r['ap_sklearn'], r['ma'], r['precision'], r['recall'], r['f1']]
-    cells = ' | '.join(f'{100 * v:.2f}' for v in vals)
-    lines.append(f'| {name} | {cells} | {r["positives"]} |')
-  if 'pointing_game' in test:
-    lines += ['', '| pointing game (test) | overall |', '|---|---|']
-    for name, r in test['pointing_game'].items():
-      lines.append(f'| {name} | {100 * r["overall"]:.1f} |')
-  return '\n'.join(lines) + '\n'

@@ -3,7 +3,6 @@
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
@@ -264,7 +263,9 @@ def test_pointing_game_by_hand():
   # Attr 2 has no positive, whatever its masks and boxes.
   masks[:, 0, 0, 2] = 1.0
   boxes[:, 2] = [0.0, 0.0, 1.0, 1.0]
-  accuracy, counts = metrics.pointing_game(masks, boxes, labels)
+  cells = np.asarray(metrics.argmax_cells(masks))
+  np.testing.assert_array_equal(cells, [[1, 2, 0], [3, 0, 0]])  # Row-major i * W + j.
+  accuracy, counts = metrics.pointing_game(cells, (2, 2), boxes, labels)
   np.testing.assert_array_equal(counts, [2, 2, 0])
   np.testing.assert_allclose(accuracy[:2], [1.0, 0.5])
   assert np.isnan(accuracy[2])
@@ -292,29 +293,6 @@ def test_pointing_game_cells_by_hand():
 
 
 # --- clu collections -------------------------------------------------------------
-
-
-def test_eval_outputs_gather_drops_padding_exactly():
-  rng = np.random.default_rng(3)
-  real_sizes, batch = (4, 4, 2), 4
-  collected = metrics.EvalOutputs.empty()
-  real_probs, real_labels = [], []
-  for size in real_sizes:
-    probs = rng.random((batch, 3)).astype(np.float32)
-    labels = rng.choice(np.array([-1, 0, 1], np.int8), size=(batch, 3))
-    mask = np.arange(batch) < size
-    real_probs.append(probs[:size])
-    real_labels.append(labels[:size])
-    # What a jitted eval step returns: device arrays.
-    update = metrics.EvalOutputs.from_model_output(
-      probs=jnp.asarray(probs), labels=jnp.asarray(labels), mask=jnp.asarray(mask)
-    )
-    collected = collected.merge(update)
-  probs, labels = metrics.gather(collected)
-  np.testing.assert_array_equal(probs, np.concatenate(real_probs))
-  np.testing.assert_array_equal(labels, np.concatenate(real_labels))
-  probs_from_dict, _ = metrics.gather(collected.compute())
-  np.testing.assert_array_equal(probs_from_dict, probs)
 
 
 def test_train_metrics_average_terms_under_jit():
@@ -355,3 +333,39 @@ def test_pointing_game_chance_hand_cases():
       cell = np.broadcast_to([i / 4, j / 4, (i + 1) / 4, (j + 1) / 4], boxes.shape)
       hits.append(metrics.pointing_game_cells(cell, boxes, labels)[0])
   np.testing.assert_allclose(np.mean(hits, axis=0), chance)
+
+
+def test_chance_uses_the_cell_rule_of_the_measured_rate():
+  """Box edges exactly on cell edges (float32, as the dataset stores them).
+
+  Chance must equal the mean, over every cell taken as the argmax, of the measured
+  pointing game: the same cell rectangles, the same overlap rule.
+  """
+  h, w = 7, 7
+  rng = np.random.default_rng(0)
+  edges = rng.integers(0, 8, size=(50, 3, 4))
+  lo, hi = np.minimum(edges[..., :2], edges[..., 2:]), np.maximum(edges[..., :2], edges[..., 2:])
+  boxes = (np.concatenate([lo, hi], axis=-1) / 7).astype(np.float32)
+  labels = rng.integers(0, 2, size=(50, 3))
+  chance, counts = metrics.pointing_game_chance(boxes, labels, (h, w))
+  hits = []
+  for cell in range(h * w):
+    masks = np.zeros((50, h, w, 3), np.float32)
+    masks[:, cell // w, cell % w, :] = 1.0
+    cells = np.asarray(metrics.argmax_cells(masks))
+    hits.append(metrics.pointing_game(cells, (h, w), boxes, labels)[0])
+  # One cell scored differently would move an attribute by 1 / (49 * positives) > 1e-4.
+  np.testing.assert_allclose(np.mean(hits, axis=0), chance, rtol=0, atol=1e-12)
+  np.testing.assert_array_equal(counts, labels.sum(axis=0))
+  # By hand for one box: rows 2..4 and columns 0..6 of [2/7, 0, 5/7, 1] -> 3 * 7 cells
+  # (in float64, where the box edges are the cell edges; rows 1 and 5 only touch it).
+  one, _ = metrics.pointing_game_chance(np.array([[[2 / 7, 0, 5 / 7, 1]]]), np.array([[1]]), (h, w))
+  np.testing.assert_allclose(one, [21 / 49])
+
+
+def test_argmax_cells_first_maximum_under_jit():
+  masks = np.zeros((1, 2, 3, 2), np.float32)
+  masks[0, 1, 2, 0] = 2.0
+  masks[0, 0, 1, 0] = 2.0  # Tie with (1, 2): the first in row-major order, (0, 1), wins.
+  masks[0, :, :, 1] = -1.0  # Flat: cell 0.
+  np.testing.assert_array_equal(jax.jit(metrics.argmax_cells)(masks), [[1, 0]])

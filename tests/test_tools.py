@@ -24,7 +24,7 @@ from PIL import Image
 from sklearn.metrics import f1_score, precision_score, recall_score
 
 from configs import test as test_config
-from jaxattr import checkpoints, evaluate, export, inference, predict, train, visualize
+from jaxattr import checkpoints, evaluate, export, inference, predict, rundir, train, visualize
 from jaxattr.data import input_pipeline, synthetic
 from jaxattr.models import model as model_lib
 
@@ -348,7 +348,7 @@ def test_tuned_thresholds_follow_their_checkpoint(run, tmp_path):
   workdir, _ = run
   copy = tmp_path / 'run'
   shutil.copytree(workdir, copy)
-  ref = inference.resolve_checkpoint(copy, 'auto')
+  ref = rundir.resolve_checkpoint(copy, 'auto')
   names = list(synthetic.ATTRIBUTES)
   thresholds = {n: 0.1 + 0.01 * i for i, n in enumerate(names)}
   file = {'checkpoint': ref.which, 'step': ref.step, 'thresholds': thresholds}
@@ -378,10 +378,10 @@ def test_predictor_from_variables_in_memory(run, direct, images):
 
 def test_attributes_from_the_workdir(run):
   workdir, _ = run
-  names, ratio = inference.load_attributes(workdir)
+  names, ratio = rundir.load_attributes(workdir)
   assert names == list(synthetic.ATTRIBUTES)
   assert ratio.shape == (14,) and np.all((ratio >= 0) & (ratio <= 1))
-  levels = inference.load_config(workdir).model.attention.levels
+  levels = rundir.load_config(workdir).model.attention.levels
   assert levels == (3, 4)
 
 
