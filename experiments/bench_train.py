@@ -1,13 +1,15 @@
 """Speed of the real train and eval steps on this machine, and the method's overhead.
 
   python experiments/bench_train.py --backbone=resnet50 --batch=8 --image_size=224
+  python experiments/bench_train.py --backbone=vit_b_16,swin_t,convnext_tiny,resnet50 \
+      --batch=8 --image_size=224             # several backbones, one after another
   python experiments/bench_train.py --backbone=resnet50 --batch=8 --image_size=224 \
       --compare_torch
   python experiments/bench_train.py --backbone=resnet50 --batch=8 --image_size=224 --pieces
   python experiments/bench_train.py --backbone=resnet18 --width=0.125 --image_size=112 \
       --batch=32 --steps=10       # the demo's model
 
-Builds `train.train_step` / `train.eval_step` exactly as `train.create_experiment`
+Builds `train.train_step` / `evaluation.eval_step` exactly as `train.create_experiment`
 does (same jit, shardings, donation, class weights, history), but feeds random
 uint8 images and labels of the right shape, so no dataset is needed. Two variants
 are measured in the same process: the full method (config defaults: attention at
@@ -20,10 +22,12 @@ the full / primary step-time ratio (the method's overhead). The variants run in
 alternating blocks of consecutive steps (see `time_in_blocks`), so load from other
 processes falls on both alike.
 
-With --compare_torch the same architecture (`jaxattr.torch_reference`, NCHW, float32)
-is timed in PyTorch with as many threads as CPUs: train step = forward + BCE on the
-aggregated logits + backward + SGD (momentum, weight decay) step; eval = forward
-under `torch.inference_mode`. Then the JAX / PyTorch step-time ratios.
+Every registered backbone can be timed. With --compare_torch the same architecture
+(`tests/torch_reference.py`, NCHW, float32: the ResNets, DenseNets and ViT-B/16; Swin
+and ConvNeXt have no PyTorch attribute model there and are skipped) is timed in
+PyTorch with as many threads as CPUs: train step = forward + BCE on the aggregated
+logits + backward + SGD (momentum, weight decay) step; eval = forward under
+`torch.inference_mode`. Then the JAX / PyTorch step-time ratios.
 """
 
 import functools
@@ -45,11 +49,20 @@ if str(ROOT) not in sys.path:  # Run as a script: make `configs` importable.
   sys.path.insert(0, str(ROOT))
 
 from configs import default  # noqa: E402
-from jaxattr import losses, train  # noqa: E402
+from jaxattr import evaluation, inference, losses, optim, sharding, train  # noqa: E402
 from jaxattr.models import attention as attention_lib  # noqa: E402
 from jaxattr.models import model as model_lib  # noqa: E402
 
-_BACKBONE = flags.DEFINE_enum('backbone', 'resnet50', default.BACKBONES, 'Backbone.')
+_BACKBONE = flags.DEFINE_list(
+  'backbone',
+  ['resnet50'],
+  'Backbones (names of jaxattr.models.registry, comma-separated), timed one after another.',
+)
+flags.register_validator(
+  'backbone',
+  lambda names: set(names) <= set(default.BACKBONES),
+  f'--backbone takes names of {default.BACKBONES}.',
+)
 _BATCH = flags.DEFINE_integer('batch', 8, 'Global batch size (train and eval).')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Square input size.')
 _WIDTH = flags.DEFINE_float('width', 1.0, 'Channel multiplier of backbone and heads.')
@@ -132,7 +145,7 @@ def build_jax(config, num_classes: int) -> dict:
     memory plan of one step), and `train` / `eval`: callables that run one step
     and block until its result is ready.
   """
-  mesh = train.create_mesh()
+  mesh = sharding.create_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
   model = model_lib.create_model(config.model, num_classes)
@@ -146,7 +159,7 @@ def build_jax(config, num_classes: int) -> dict:
     config=config,
     w_pos=jnp.asarray(w_pos, jnp.float32),
     w_neg=jnp.asarray(w_neg, jnp.float32),
-    lr_fn=train.make_lr_fn(config, 100),
+    lr_fn=optim.make_lr_fn(config, 100),
     steps_per_epoch=100,
     num_sources=train.num_history_sources(config),
     freeze_backbone=False,
@@ -158,7 +171,11 @@ def build_jax(config, num_classes: int) -> dict:
     donate_argnums=0,
   )
   p_eval = jax.jit(
-    functools.partial(train.eval_step, model=model, config=config),
+    functools.partial(
+      evaluation.eval_step,
+      infer_fn=inference.make_infer_fn(model, config.data),
+      levels=tuple(config.model.attention.levels),
+    ),
     in_shardings=(replicated, data_sharding),
     out_shardings=replicated,
   )
@@ -172,7 +189,7 @@ def build_jax(config, num_classes: int) -> dict:
   train_compiled = p_train.lower(state, batch_train).compile()
   out['compile_train_s'] = time.perf_counter() - start
   start = time.perf_counter()
-  eval_compiled = p_eval.lower(state, batch_eval).compile()
+  eval_compiled = p_eval.lower(state.variables(), batch_eval).compile()
   out['compile_eval_s'] = time.perf_counter() - start
   out['xla_train_mb'] = compiled_mb(train_compiled)
   out['xla_eval_mb'] = compiled_mb(eval_compiled)
@@ -183,7 +200,7 @@ def build_jax(config, num_classes: int) -> dict:
     jax.block_until_ready((holder['state'], metrics))
 
   def one_eval_step():
-    jax.block_until_ready(eval_compiled(holder['state'], batch_eval)['probs'])
+    jax.block_until_ready(eval_compiled(holder['state'].variables(), batch_eval)['probs'])
 
   out['train'], out['eval'] = one_train_step, one_eval_step
   return out
@@ -308,7 +325,7 @@ def build_torch(config, num_classes: int) -> dict:
   """
   import torch
 
-  from jaxattr import torch_reference
+  from tests import torch_reference
 
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(0)
@@ -377,19 +394,17 @@ def _report(name: str, batch: int, r: dict[str, float]) -> None:
   )
 
 
-def main(argv):
-  del argv
+def bench_backbone(backbone: str) -> None:
+  """Times one backbone's variants (and PyTorch's with --compare_torch); prints the results."""
   batch, size, steps = _BATCH.value, _IMAGE_SIZE.value, _STEPS.value
   print(
-    f'{_BACKBONE.value} width {_WIDTH.value} at {size}x{size}, batch {batch}, '
+    f'{backbone} width {_WIDTH.value} at {size}x{size}, batch {batch}, '
     f'{_NUM_CLASSES.value} attributes; {jax.device_count()} {jax.devices()[0].platform} '
     f'device(s), {os.cpu_count()} CPUs; median of {steps} timed steps per variant, in '
     f'alternating blocks of {_BLOCK.value} consecutive steps, each after 1 untimed step.',
     flush=True,
   )
-  configs = {
-    v: bench_config(_BACKBONE.value, size, batch, _WIDTH.value, v) for v in _VARIANTS.value
-  }
+  configs = {v: bench_config(backbone, size, batch, _WIDTH.value, v) for v in _VARIANTS.value}
   jax_benches = {}
   for variant, config in configs.items():
     logging.info('Compiling JAX %s...', variant)
@@ -398,6 +413,7 @@ def main(argv):
   rss = peak_rss_mb()
   for variant, r in jax_benches.items():
     _report(f'JAX {variant}', batch, r)
+  # Cumulative: with several backbones, the largest so far.
   print(f'JAX process peak RSS: {rss:.0f} MB', flush=True)
   if 'full' in jax_benches and 'primary' in jax_benches:
     for kind in ('train', 'eval'):
@@ -406,10 +422,15 @@ def main(argv):
         f'full / primary {kind} step time: {ratio:.3f} (method overhead {100 * (ratio - 1):+.1f}%)'
       )
   if _PIECES.value:
-    config = bench_config(_BACKBONE.value, size, batch, _WIDTH.value, 'full')
+    config = bench_config(backbone, size, batch, _WIDTH.value, 'full')
     for name, fwd, both in time_pieces(config, _NUM_CLASSES.value, steps):
       print(f'{name}: forward {1e3 * fwd:.1f} ms, forward+backward {1e3 * both:.1f} ms', flush=True)
   if _COMPARE_TORCH.value:
+    from tests import torch_reference
+
+    if backbone not in torch_reference.ARCHS:
+      print(f'No PyTorch reference for {backbone} (tests/torch_reference.py).', flush=True)
+      return
     torch_benches = {v: build_torch(c, _NUM_CLASSES.value) for v, c in configs.items()}
     time_in_blocks(torch_benches, steps, _BLOCK.value)
     for variant, r in torch_benches.items():
@@ -419,6 +440,12 @@ def main(argv):
       for kind in ('train', 'eval'):
         ratio = jax_benches[variant][f'{kind}_s'] / r[f'{kind}_s']
         print(f'JAX / PyTorch {variant} {kind} step time: {ratio:.3f}')
+
+
+def main(argv):
+  del argv
+  for backbone in _BACKBONE.value:
+    bench_backbone(backbone)
 
 
 if __name__ == '__main__':

@@ -1,4 +1,4 @@
-"""The losses of the paper (SPEC §2) as pure, jit-able functions.
+"""The losses of the paper (docs/method.md, "Losses") as pure, jit-able functions.
 
 Notation: logit `x`, p = sigmoid(x), target y in {0, 1}, validity mask m in {0, 1}.
 Every log-probability goes through `jax.nn.log_sigmoid` (never `log(sigmoid)`), and
@@ -7,8 +7,8 @@ the focal modulators (1-p)^γ and p^γ are computed as `exp(γ · log_sigmoid(�
 reaches in float32, while the exp/log_sigmoid form keeps every gradient finite.
 
 Element-wise losses return [B, C]; `reduce` turns them into the batch scalar (sum
-over attributes, mean over samples); `total_loss` is Eq. 7 with the ablation
-switches of `config.loss`.
+or mean over attributes, `loss.attribute_reduction`; mean over samples);
+`total_loss` is Eq. 7 with the ablation switches of `config.loss`.
 """
 
 from collections.abc import Mapping
@@ -24,6 +24,7 @@ UNKNOWN_MODES = ('negative', 'ignore')
 CLASS_WEIGHT_MODES = ('vespa', 'paper_literal', 'none')
 PRIMARY_LOSSES = ('bce', 'weighted_bce', 'weighted_focal')
 ATTENTION_LOSSES = ('bce', 'variance_weighted')
+ATTRIBUTE_REDUCTIONS = ('sum', 'mean')
 
 
 def targets_and_mask(labels: Array, unknown: str = 'negative') -> tuple[Array, Array]:
@@ -140,29 +141,36 @@ def variance_weighted_bce(logits: Array, targets: Array, std: Array) -> Array:
   return (1.0 + jax.lax.stop_gradient(std)) * bce(logits, targets)
 
 
-def reduce(per_element: Array, mask: Array, example_weight: Array | None = None) -> Array:
-  """The batch loss: sum over attributes of `mask * loss`, mean over samples.
+def reduce(per_element: Array, mask: Array, attribute_reduction: str = 'sum') -> Array:
+  """The batch loss: `mask * loss` summed or averaged over attributes, mean over samples.
+
+  'sum' is the paper's Eqs. 3-4 (a sum over the C attributes); 'mean' divides that
+  sum by C, as the authors' released code does (docs/method.md, "Losses"): the
+  paper's learning rate and weight decay were tuned with the mean. The divisor is
+  C whatever the mask, so an ignored label lowers the loss, as with the sum.
 
   Args:
     per_element: [B, C] element-wise loss.
     mask: [B, C] validity mask (0 drops the element).
-    example_weight: optional [B] per-sample weight (e.g. 0 for padded rows);
-      then the result is sum_n w_n l_n / max(sum_n w_n, 1).
+    attribute_reduction: 'sum' or 'mean' over the attributes.
 
   Returns:
     A scalar.
   """
+  if attribute_reduction not in ATTRIBUTE_REDUCTIONS:
+    raise ValueError(
+      f'loss.attribute_reduction must be one of {ATTRIBUTE_REDUCTIONS}, got {attribute_reduction!r}'
+    )
   per_sample = jnp.sum(mask * per_element, axis=-1)
-  if example_weight is None:
-    return jnp.mean(per_sample)
-  example_weight = jnp.asarray(example_weight, per_sample.dtype)
-  return jnp.sum(example_weight * per_sample) / jnp.maximum(jnp.sum(example_weight), 1.0)
+  if attribute_reduction == 'mean':
+    per_sample = per_sample / per_element.shape[-1]
+  return jnp.mean(per_sample)
 
 
-def _config_value(loss_config: Any, name: str) -> Any:
+def _config_value(loss_config: Any, name: str, default: Any = None) -> Any:
   if isinstance(loss_config, Mapping):
-    return loss_config[name]
-  return getattr(loss_config, name)
+    return loss_config[name] if default is None else loss_config.get(name, default)
+  return getattr(loss_config, name) if default is None else getattr(loss_config, name, default)
 
 
 def total_loss(
@@ -174,7 +182,6 @@ def total_loss(
   w_neg: Array,
   loss_config: Any,
   unknown: str = 'negative',
-  example_weight: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
   """The total loss of Eq. 7: `L_w(y_p) + sum_i L_a_i(y_a_i)`, with its terms.
 
@@ -189,9 +196,9 @@ def total_loss(
     w_pos: [C] class weights of positive terms (ignored when primary is 'bce').
     w_neg: [C] class weights of negative terms (ignored when primary is 'bce').
     loss_config: `config.loss`: `primary` in {'bce', 'weighted_bce',
-      'weighted_focal'}, `attention` in {'bce', 'variance_weighted'}, `gamma`.
+      'weighted_focal'}, `attention` in {'bce', 'variance_weighted'}, `gamma`,
+      `attribute_reduction` in {'sum', 'mean'} (default 'sum', see `reduce`).
     unknown: how labels of -1 enter the loss ('negative' or 'ignore').
-    example_weight: optional [B] per-sample weight, see `reduce`.
 
   Returns:
     (loss, terms): the scalar loss and a dict with the scalar 'primary' and
@@ -204,13 +211,14 @@ def total_loss(
   if attention not in ATTENTION_LOSSES:
     raise ValueError(f'loss.attention must be one of {ATTENTION_LOSSES}, got {attention!r}')
   targets, mask = targets_and_mask(labels, unknown)
+  over_attributes = _config_value(loss_config, 'attribute_reduction', 'sum')
 
   if primary == 'bce':
     primary_elements = bce(primary_logits, targets)
   else:
     gamma = _config_value(loss_config, 'gamma') if primary == 'weighted_focal' else 0.0
     primary_elements = weighted_focal(primary_logits, targets, w_pos, w_neg, gamma)
-  terms = {'primary': reduce(primary_elements, mask, example_weight)}
+  terms = {'primary': reduce(primary_elements, mask, over_attributes)}
 
   num_levels = 0 if attention_logits is None else attention_logits.shape[0]
   if attention == 'variance_weighted' and std is not None and num_levels:
@@ -224,7 +232,7 @@ def total_loss(
       elements = variance_weighted_bce(attention_logits[i], targets, level_std)
     else:
       elements = bce(attention_logits[i], targets)
-    terms[f'attention_{i}'] = reduce(elements, mask, example_weight)
+    terms[f'attention_{i}'] = reduce(elements, mask, over_attributes)
 
   loss = sum(terms.values())
   return loss, terms

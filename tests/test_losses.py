@@ -137,11 +137,35 @@ def test_reduce_by_hand():
   mask = jnp.array([[1.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
   # Per sample: 5 and 56; mean 30.5.
   assert float(losses.reduce(per_element, mask)) == pytest.approx(30.5)
-  # Weighted: (0.5 * 5 + 2 * 56) / 2.5.
-  weight = jnp.array([0.5, 2.0])
-  assert float(losses.reduce(per_element, mask, weight)) == pytest.approx(114.5 / 2.5)
-  # Only padding: the denominator is clamped to 1, the loss is 0.
-  assert float(losses.reduce(per_element, mask, jnp.zeros(2))) == 0.0
+  assert float(losses.reduce(per_element, mask, 'sum')) == pytest.approx(30.5)
+  # Mean over the 3 attributes (masked ones still count in the divisor): 5/3, 56/3.
+  assert float(losses.reduce(per_element, mask, 'mean')) == pytest.approx((5 / 3 + 56 / 3) / 2)
+  with pytest.raises(ValueError, match='attribute_reduction'):
+    losses.reduce(per_element, mask, 'max')
+
+
+@pytest.mark.parametrize('reduction', losses.ATTRIBUTE_REDUCTIONS)
+def test_total_loss_attribute_reduction_by_hand(reduction):
+  """Plain BCE on both heads: the loss by hand, summed or averaged over attributes."""
+  logits = np.array([[2.0, -1.0, 0.5, 0.0], [-3.0, 1.5, 0.25, -0.5]], np.float32)
+  attention = np.stack([-logits, 0.5 * logits])
+  labels = np.array([[1, 0, 1, -1], [0, 1, -1, 0]], np.int8)
+  config = _loss_config(primary='bce', attention='bce')
+  config.attribute_reduction = reduction
+  w = np.ones(4, np.float32)
+  loss, terms = losses.total_loss(logits, attention, labels, None, w, w, config, unknown='ignore')
+
+  def bce_by_hand(x):
+    p = _np_sigmoid(x.astype(np.float64))
+    y = labels == 1
+    element = np.where(y, -np.log(p), -np.log(1 - p)) * (labels >= 0)
+    per_sample = element.sum(axis=1) / (4 if reduction == 'mean' else 1)
+    return per_sample.mean()
+
+  expected = [bce_by_hand(logits), bce_by_hand(attention[0]), bce_by_hand(attention[1])]
+  got = [float(terms['primary']), float(terms['attention_0']), float(terms['attention_1'])]
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  assert float(loss) == pytest.approx(sum(expected), rel=1e-5)
 
 
 def _args(seed=5, levels=2):
@@ -243,19 +267,6 @@ def test_masked_labels_contribute_nothing():
   assert loss_of(changed_logits, changed_attention, known) != pytest.approx(
     loss_of(logits, attention, known), rel=1e-3
   )
-
-
-def test_example_weight_drops_padded_rows():
-  logits, attention, labels, std, w_pos, w_neg = _args(10)
-  config = _loss_config()
-  weight = np.array([1, 1, 1, 1, 0, 0], np.float32)
-  padded, _ = losses.total_loss(
-    logits, attention, labels, std, w_pos, w_neg, config, example_weight=weight
-  )
-  real, _ = losses.total_loss(
-    logits[:4], attention[:, :4], labels[:4], std[:, :4], w_pos, w_neg, config
-  )
-  assert float(padded) == pytest.approx(float(real), rel=1e-6)
 
 
 @pytest.mark.parametrize('primary', losses.PRIMARY_LOSSES)

@@ -1,0 +1,150 @@
+"""Tests of jaxattr.evaluation: gathering is exact and order-free, the step and the tables."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxattr import evaluation, metrics
+
+NAMES = ['a', 'b', 'c']
+
+
+def _split(n=12, seed=0):
+  """Probabilities with exact ties (saturated sigmoids give 1.0) and labels."""
+  rng = np.random.default_rng(seed)
+  probs = rng.choice(np.float32([1.0, 0.75, 0.25]), size=(n, 3))
+  labels = rng.integers(0, 2, size=(n, 3)).astype(np.int8)
+  labels[0] = 1  # Every attribute (but a, below) has a positive and a negative.
+  labels[1] = 0
+  # Attribute a: every score tied at 1.0, one positive (example 3). Its VOC AP is
+  # the precision at the positive's rank: 1/4 in index order, 1/5 in the order of
+  # 2 processes (0, 2, 4, 1, 3, ...).
+  probs[:, 0] = 1.0
+  labels[:, 0] = np.arange(n) == 3
+  return probs, labels
+
+
+def _batches(probs, labels, order, batch):
+  """Eval-step outputs over `order` in padded batches of `batch` rows."""
+  outs = []
+  for start in range(0, len(order), batch):
+    rows = order[start : start + batch]
+    pad = batch - len(rows)
+    idx = np.concatenate([rows, np.zeros(pad, int)])
+    outs.append(
+      {
+        'probs': probs[idx],
+        'labels': labels[idx],
+        'index': idx.astype(np.int32),
+        'mask': np.arange(batch) < len(rows),
+      }
+    )
+  return outs
+
+
+def _two_process_order(n, local_batch):
+  """The gather order of 2 processes: each global batch is process 0's rows, then 1's.
+
+  Process p reads examples p, p + 2, ... (`shard(2, p)`), `local_batch` at a time.
+  """
+  shards = [np.arange(p, n, 2) for p in range(2)]
+  order = []
+  for start in range(0, len(shards[0]), local_batch):
+    for shard in shards:
+      order += list(shard[start : start + local_batch])
+  return np.array(order)
+
+
+def test_metrics_do_not_depend_on_gather_order_with_tied_scores():
+  probs, labels = _split()
+  n = len(probs)
+  one = evaluation.gather(_batches(probs, labels, np.arange(n), 5))
+  two = evaluation.gather(_batches(probs, labels, _two_process_order(n, 3), 6))
+  shuffled = evaluation.gather(_batches(probs, labels, np.random.default_rng(1).permutation(n), 4))
+  for data in (one, two, shuffled):
+    np.testing.assert_array_equal(data['index'], np.arange(n))
+    np.testing.assert_array_equal(data['probs'], probs)
+    assert 'mask' not in data
+  expected = metrics.compute_metrics(probs, labels, NAMES)
+  for data in (one, two, shuffled):
+    assert evaluation.compute_results(data, NAMES, 0.5) == {**expected, 'num_examples': n}
+  # The sort matters: in the 2-process order the tied scores rank differently and
+  # the VOC AP (ties in input order) changes.
+  order = _two_process_order(n, 3)
+  assert metrics.average_precision(probs, labels, 'voc')[0] == pytest.approx(1 / 4)
+  assert metrics.average_precision(probs[order], labels[order], 'voc')[0] == pytest.approx(1 / 5)
+
+
+def test_gather_drops_padding_and_refuses_duplicates():
+  probs, labels = _split(5)
+  data = evaluation.gather(_batches(probs, labels, np.array([4, 2, 0, 1, 3]), 4))
+  np.testing.assert_array_equal(data['index'], np.arange(5))
+  np.testing.assert_array_equal(data['labels'], labels)
+  with pytest.raises(AssertionError, match='saw an example twice'):
+    evaluation.gather(_batches(probs, labels, np.array([0, 1, 1, 2]), 4), 'test')
+
+
+def test_eval_step_reduces_masks_to_cells():
+  def infer_fn(variables, images):
+    b = images.shape[0]
+    a = jnp.zeros((b, 2, 2, 3)).at[:, 1, 0, :].set(1.0)  # Cell (1, 0) = index 2.
+    s = jnp.ones((b, 1, 1, 3)).at[..., 1].set(-1.0)  # a * s: attribute 1 peaks elsewhere.
+    return {'probs': jnp.full((b, 3), variables['p']), 'masks': (a,), 'confidences': (s,)}
+
+  batch = {
+    'image': jnp.zeros((2, 8, 8, 3), jnp.uint8),
+    'labels': jnp.ones((2, 3), jnp.int8),
+    'mask': jnp.array([True, False]),
+    'index': jnp.array([7, 0]),
+  }
+  step = jax.jit(lambda v, b: evaluation.eval_step(v, b, infer_fn=infer_fn, levels=(4,)))
+  out = step({'p': 0.25}, batch)
+  assert set(out) == {'probs', 'labels', 'mask', 'index'}  # No boxes: no cells.
+  np.testing.assert_allclose(out['probs'], 0.25)
+  out = step({'p': 0.25}, {**batch, 'cue_boxes': jnp.zeros((2, 3, 4))})
+  np.testing.assert_array_equal(out['cells_mask_4'], [[2, 2, 2]] * 2)
+  # a * s: attribute 1 is -1 at (1, 0) and 0 elsewhere, so the first cell wins.
+  np.testing.assert_array_equal(out['cells_weighted_4'], [[2, 0, 2]] * 2)
+
+
+def test_pointing_game_reports_measured_and_chance_with_one_rule():
+  n = 4
+  boxes = np.zeros((n, 3, 4), np.float32)
+  boxes[:, :, :] = [0.0, 0.0, 0.5, 0.5]  # The top-left cell of a 2x2 grid.
+  labels = np.array([[1, 1, 0]] * n, np.int8)
+  cells = np.array([[0, 3, 0], [0, 3, 0], [1, 0, 0], [0, 0, 0]], np.int32)
+  data = {
+    'probs': np.full((n, 3), 0.5, np.float32),
+    'labels': labels,
+    'index': np.arange(n),
+    'cue_boxes': boxes,
+    'cells_mask_4': cells,
+  }
+  result = evaluation.compute_results(data, NAMES, 0.5, grids={4: (2, 2)})
+  game = result['pointing_game']['mask_4']
+  # Attribute a: 3 of 4 hits; b: 2 of 4; c has no positive.
+  assert game['per_attribute'] == {'a': 0.75, 'b': 0.5, 'c': None}
+  assert game['overall'] == pytest.approx(5 / 8)
+  # One cell of four overlaps the box: chance 1/4 for every positive.
+  assert game['chance'] == pytest.approx(0.25)
+  assert game['chance_per_attribute'] == {'a': 0.25, 'b': 0.25, 'c': None}
+  lines = evaluation.pointing_game_lines(result)
+  assert lines == ['pointing game mask_4: 62.5 % (chance 25.0 %)']
+
+
+def test_selection_value_and_markdown():
+  probs, labels = _split()
+  result = evaluation.compute_results(
+    evaluation.gather(_batches(probs, labels, np.arange(12), 12)), NAMES, 0.5
+  )
+  config = type('C', (), {})()
+  config.eval = type('E', (), {'metric': 'map', 'ap': 'sklearn'})()
+  assert evaluation.selection_value(result, config) == result['map_sklearn']
+  config.eval.metric = 'f1'
+  assert evaluation.selection_value(result, config) == result['f1']
+  text = evaluation.results_markdown(
+    {'dataset': 'd', 'steps': 3, 'wall_time_s': 1.0, 'test': result, 'validation': result}
+  )
+  assert f'| test | {100 * result["map_voc"]:.2f} |' in text
+  assert text.count('| a |') == 1
