@@ -350,3 +350,41 @@ def test_python_blocks_compile(path):
   for block in code_blocks(path):
     if block.language == 'python':
       compile(block.text, block.where(), 'exec')
+
+
+CLI_FILES = sorted(
+  p
+  for folder in ('jaxattr', 'experiments')
+  for p in (ROOT / folder).rglob('*.py')
+  if 'app.run(' in p.read_text()
+)
+
+
+@pytest.mark.parametrize('path', CLI_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_help_text_keeps_its_lines(path):
+  """`--help` prints the module docstring and the flag help strings as written.
+
+  A backslash at the end of a line in a non-raw docstring (a shell continuation in
+  an example command) is a Python line continuation: the line break disappears and
+  `--help` prints the next line's indentation as a run of spaces inside the line.
+  """
+  source = path.read_text()
+  tree = ast.parse(source)
+  first = tree.body[0] if tree.body else None
+  if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+    segment = ast.get_source_segment(source, first)
+    raw = segment.lstrip()[:1] in ('r', 'R')
+    assert raw or '\\\n' not in segment, (
+      f'{path.name}: the docstring continues a line with a backslash; make it r"""...""" '
+      'so the shell continuation stays visible'
+    )
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Call):
+      func = node.func
+      name = func.attr if isinstance(func, ast.Attribute) else getattr(func, 'id', '')
+      if name.startswith('DEFINE_'):
+        for arg in [*node.args, *(k.value for k in node.keywords)]:
+          if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+            assert not re.search(r'\S(\n| {3,})\S', arg.value), (
+              f'{path.name}:{node.lineno}: help text with a line break or a run of spaces'
+            )
