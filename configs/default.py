@@ -7,6 +7,8 @@ jaxattr is defined here, so `--config.<field>=...` overrides always have a targe
 
 import ml_collections
 
+from jaxattr.models import registry
+
 
 def get_config() -> ml_collections.ConfigDict:
   """Returns the default config (the paper's WIDER-Attribute recipe, ResNet-101)."""
@@ -45,7 +47,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Model ------------------------------------------------------------------
   config.model = model = ml_collections.ConfigDict()
-  # resnet18/34/50/101/152, densenet121/161/169/201.
+  # resnet18/34/50/101/152, densenet121/161/169/201, vit_b_16, swin_t/s/b,
+  # convnext_tiny/small/base (`BACKBONES`).
   model.backbone = 'resnet101'
   # Channel multiplier of backbone and heads (1.0 = the paper's model). Tiny CPU
   # variants of the same architecture use e.g. 0.125.
@@ -82,6 +85,9 @@ def get_config() -> ml_collections.ConfigDict:
   optimizer.nesterov = False
   optimizer.weight_decay = 5e-4  # optax.add_decayed_weights, not in the loss.
   optimizer.grad_clip_norm = 0.0  # 0 = off.
+  # The backbone's learning rate is learning_rate * backbone_lr_scale (the heads' is
+  # learning_rate); e.g. 0.1 for fine-tuning a pretrained transformer.
+  optimizer.backbone_lr_scale = 1.0
 
   config.schedule = schedule = ml_collections.ConfigDict()
   # 'plateau' (on the validation metric) | 'step' | 'cosine' | 'constant'.
@@ -116,17 +122,8 @@ def get_config() -> ml_collections.ConfigDict:
   return config
 
 
-BACKBONES = (
-  'resnet18',
-  'resnet34',
-  'resnet50',
-  'resnet101',
-  'resnet152',
-  'densenet121',
-  'densenet161',
-  'densenet169',
-  'densenet201',
-)
+# Every architecture of the backbone registry (`jaxattr/models/registry.py`).
+BACKBONES = tuple(registry.BACKBONES)
 
 
 def apply_args(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:

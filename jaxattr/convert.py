@@ -1,7 +1,9 @@
 """torchvision ImageNet weights -> jaxattr backbone variables, exactly and checked.
 
   python -m jaxattr.convert --arch=resnet101 --input=resnet101-cd907fc2.pth --output=DIR
+  python -m jaxattr.convert --arch=vit_b_16 --input=vit_b_16-c867db91.pth --output=DIR
 
+`--arch` is any name of `jaxattr.models.registry.BACKBONES`.
 reads a torchvision state dict (`.pth` / `.pt` with torch installed, `.safetensors`
 with the `safetensors` package, `.npz` with numpy alone), maps every tensor by name
 onto the Flax backbone of `jaxattr.models` and writes DIR/backbone.msgpack (the
@@ -14,13 +16,17 @@ The mapping is the naming rule of `jaxattr/models/resnet.py`: the torch key spli
 on '.' is the Flax path; the leaf `weight` becomes `kernel` (conv, linear) or
 `scale` (BatchNorm), `running_mean` / `running_var` go to batch_stats as `mean` /
 `var`, `num_batches_tracked` is dropped; conv kernels go OIHW -> HWIO and linear
-weights (out, in) -> (in, out). Old DenseNet files (`denselayer1.norm.1.weight`)
-are renamed first, as torchvision's own loader does. Nothing is guessed: a tensor
+weights (out, in) -> (in, out), any other 2-D tensor likewise (ViT's
+`in_proj_weight`); other tensors keep their shape. Before the rule runs, a family's
+`Backbone.adapt_state_dict` hook may rename or drop what the rule cannot map (old
+DenseNet files' `denselayer1.norm.1.weight`, renamed as torchvision's own loader
+does). Nothing is guessed: a tensor
 without a Flax counterpart, a Flax variable without a tensor, or a shape that
 disagrees stops the conversion with a message naming every such tensor.
 
-The ImageNet classifier (`fc` / `classifier`) is dropped unless `include_head` /
-`--include_head` asks for it; `load_backbone` always returns the backbone without it.
+The ImageNet classifier (`Backbone.head`: `fc`, `classifier`, `heads.head`, ...) is
+dropped unless `include_head` / `--include_head` asks for it; `load_backbone` always
+returns the backbone without it.
 """
 
 import hashlib
@@ -38,24 +44,12 @@ import numpy as np
 from absl import app, flags, logging
 from flax import traverse_util
 
-from jaxattr.models import create_backbone
-from jaxattr.models.densenet import DENSENET_SPECS
-from jaxattr.models.resnet import RESNET_SPECS
+from jaxattr.models import registry
 
-ARCHS = (*RESNET_SPECS, *DENSENET_SPECS)
-# torchvision's ImageNet classifier of each family: arch-specific, never part of the backbone.
-HEADS = {**{a: 'fc' for a in RESNET_SPECS}, **{a: 'classifier' for a in DENSENET_SPECS}}
+ARCHS = tuple(registry.BACKBONES)
 BACKBONE_FILE = 'backbone.msgpack'
 META_FILE = 'meta.json'
 FORMAT_VERSION = 1
-
-# torchvision's `_load_state_dict` for DenseNet: `...denselayerN.norm.1.weight` ->
-# `...denselayerN.norm1.weight` (likewise relu / conv and 2). The counter is renamed
-# too (torchvision's pattern omits it: the old files predate it), for re-saved files.
-_LEGACY_DENSENET_KEY = re.compile(
-  r'^(.*denselayer\d+\.(?:norm|relu|conv))\.'
-  r'([12]\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$'
-)
 
 # torch.hub names downloads `<name>-<first hex digits of the sha256>.pth`.
 _HASH_IN_NAME = re.compile(r'-([0-9a-f]{8,64})\.')
@@ -76,33 +70,15 @@ _MAX_LISTED = 50
 Variables = dict[str, dict[str, Any]]
 
 
-def _check_arch(arch: str) -> None:
-  if arch not in ARCHS:
-    raise ValueError(f'Unknown arch {arch!r}; expected one of {ARCHS}.')
+def _check_arch(arch: str) -> registry.Backbone:
+  if arch not in registry.BACKBONES:
+    raise ValueError(f'Unknown arch {arch!r}; expected one of {tuple(registry.BACKBONES)}.')
+  return registry.BACKBONES[arch]
 
 
-def rename_legacy_densenet_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-  """Renames old torchvision DenseNet keys (`norm.1` -> `norm1`, `conv.2` -> `conv2`).
-
-  The DenseNet files torchvision downloads still use the old names.
-
-  Args:
-    state_dict: torch key -> tensor.
-
-  Returns:
-    A new dict with the same tensors under current names; other keys unchanged.
-
-  Raises:
-    ValueError: if a legacy and a current key name the same tensor.
-  """
-  out = {}
-  for key, value in state_dict.items():
-    match = _LEGACY_DENSENET_KEY.match(key)
-    new = match.group(1) + match.group(2) if match else key
-    if new in out:
-      raise ValueError(f'Tensor {new!r} appears twice (legacy and current DenseNet names).')
-    out[new] = value
-  return out
+def _under(key: str, prefix: str) -> bool:
+  """Whether the torch key `key` belongs to the module `prefix` (e.g. 'heads.head')."""
+  return key == prefix or key.startswith(prefix + '.')
 
 
 def _torch_layout(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -133,7 +109,7 @@ def torch_to_flax(
   """Maps a torch state dict onto Flax variables by name, checking every tensor.
 
   Works for any module whose Flax tree follows the naming rule of the module
-  docstring (the backbones, and `AttributeModel` against
+  docstring (the backbones, and `AttributeModel` against the tests'
   `torch_reference.AttributeModelTorch`).
 
   Args:
@@ -227,7 +203,8 @@ def backbone_shapes(
     `{'params': tree, 'batch_stats': tree}` of `jax.ShapeDtypeStruct`.
   """
   _check_arch(arch)
-  model = create_backbone(arch, width, num_classes=num_classes)
+  model = registry.create_backbone(arch, width, num_classes=num_classes)
+  # 64 is a multiple of every family's patch and stride; shapes do not depend on it.
   x = jnp.zeros((1, 64, 64, 3), jnp.float32)
   return jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
 
@@ -241,9 +218,9 @@ def convert_state_dict(
   """Converts a torchvision state dict of `arch` to the jaxattr backbone's variables.
 
   Args:
-    arch: 'resnet18' ... 'resnet152', 'densenet121' ... 'densenet201'.
+    arch: a name of `registry.BACKBONES` ('resnet101', 'vit_b_16', ...).
     state_dict: torchvision key -> array (numpy or torch tensors on the CPU).
-    include_head: keep the ImageNet classifier (`fc` / `classifier`, its class count
+    include_head: keep the ImageNet classifier (`Backbone.head`, its class count
       read from the file); by default it is dropped, and need not be in the file.
     width: channel multiplier of the architecture (1.0 = torchvision; tiny widths
       are for tests).
@@ -256,11 +233,11 @@ def convert_state_dict(
     ValueError: for an unknown arch, or naming every unexpected, missing or
       mis-shaped tensor.
   """
-  _check_arch(arch)
+  backbone = _check_arch(arch)
   state_dict = {k: _to_numpy(v) for k, v in state_dict.items()}
-  if arch in DENSENET_SPECS:
-    state_dict = rename_legacy_densenet_keys(state_dict)
-  head = HEADS[arch]
+  if backbone.adapt_state_dict is not None:
+    state_dict = backbone.adapt_state_dict(state_dict)
+  head = backbone.head
   num_classes = None
   if include_head:
     head_weight = state_dict.get(f'{head}.weight')
@@ -268,7 +245,7 @@ def convert_state_dict(
       raise ValueError(f'include_head needs the tensor {head}.weight [classes, features].')
     num_classes = int(head_weight.shape[0])
   else:
-    state_dict = {k: v for k, v in state_dict.items() if k.split('.')[0] != head}
+    state_dict = {k: v for k, v in state_dict.items() if not _under(k, head)}
   expected = backbone_shapes(arch, width, num_classes)
   return torch_to_flax(state_dict, expected, what=f'{arch} (width {width:g})')
 
@@ -398,14 +375,27 @@ def load_backbone(path: str | os.PathLike) -> Variables:
       f'{file} not found; write it with `python -m jaxattr.convert --output={path} ...`.'
     )
   tree = flax.serialization.msgpack_restore(file.read_bytes())
-  params = dict(tree.get('params', {}))
+  params = _without_heads(dict(tree.get('params', {})))
   batch_stats = dict(tree.get('batch_stats', {}))
-  # No backbone has a top-level module of either head's name, so both can go.
-  for name in set(HEADS.values()):
-    params.pop(name, None)
   meta = load_meta(path) if (path / META_FILE).is_file() else {}
   logging.info('Read backbone %s from %s.', meta.get('arch', '(no meta.json)'), path)
   return {'params': params, 'batch_stats': batch_stats}
+
+
+def _without_heads(params: dict[str, Any]) -> dict[str, Any]:
+  """`params` without any registered ImageNet head (a Dense at a `Backbone.head` path).
+
+  Only a module holding exactly `kernel` and `bias` is removed, so a head path that
+  names something else in another family (ConvNeXt's `classifier` also holds its
+  LayerNorm) is left alone; parents left empty go too.
+  """
+  flat = traverse_util.flatten_dict(params)
+  for head in {b.head for b in registry.BACKBONES.values()}:
+    path = tuple(head.split('.'))
+    leaves = {p[-1] for p in flat if p[:-1] == path}
+    if leaves == {'kernel', 'bias'}:
+      flat = {p: v for p, v in flat.items() if p[:-1] != path}
+  return traverse_util.unflatten_dict(flat) if flat else {}
 
 
 def convert_file(
@@ -458,7 +448,7 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
     'input': flags.DEFINE_string('input', None, 'torchvision state dict (.pth/.safetensors/.npz).'),
     'output': flags.DEFINE_string('output', None, 'Output directory.'),
     'include_head': flags.DEFINE_bool(
-      'include_head', False, 'Also keep the ImageNet classifier (fc / classifier).'
+      'include_head', False, 'Also keep the ImageNet classifier (fc, classifier, heads.head, ...).'
     ),
     'width': flags.DEFINE_float('width', 1.0, 'Channel multiplier (1.0 for torchvision files).'),
   }

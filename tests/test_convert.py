@@ -1,4 +1,4 @@
-"""Tests of jaxattr.convert (torchvision weights -> Flax) and jaxattr.torch_reference.
+"""Tests of jaxattr.convert (torchvision weights -> Flax) and tests/torch_reference.py.
 
 The second implementation is PyTorch: `torch_reference` holds plain `torch.nn`
 models with torchvision's module names (parameter counts checked against
@@ -28,9 +28,11 @@ import torch
 from flax import traverse_util
 
 from configs import test as test_config
-from jaxattr import convert, torch_reference, train
+from jaxattr import convert, train
 from jaxattr.models import create_backbone
+from jaxattr.models import densenet as densenet_lib
 from jaxattr.models import model as model_lib
+from tests import torch_reference
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_WIDTH = 0.0625  # configs/test.py
@@ -239,7 +241,7 @@ def test_wrong_arch_and_head_refused(tiny_resnet):
 
 
 def test_legacy_densenet_keys():
-  renamed = convert.rename_legacy_densenet_keys(
+  renamed = densenet_lib.rename_legacy_keys(
     {
       'features.denseblock1.denselayer1.norm.1.weight': 1,
       'features.denseblock4.denselayer16.conv.2.weight': 2,

@@ -64,12 +64,16 @@ def test_table2_runs():
 
 def test_backbones_runs():
   sweep = _sweep('wider_backbones')
-  assert len(sweep.runs) == 15
+  assert len(sweep.runs) == 36
   got = sorted((r['model.backbone'], r['seed']) for r in sweep.runs)
-  names = ('resnet50', 'densenet121', 'resnet101', 'resnet152', 'densenet201')
+  paper = ('resnet50', 'densenet121', 'resnet101', 'resnet152', 'densenet201')
+  modern = ('vit_b_16', 'swin_t', 'swin_s', 'swin_b', 'convnext_tiny', 'convnext_small')
+  names = (*paper, *modern, 'convnext_base')
   assert got == sorted((b, s) for b in names for s in (0, 1, 2))
   for r in sweep.runs:  # Primary network only, as row 1 of Table 2 (right).
     assert (r['model.attention.levels'], r['loss.primary']) == ((), 'bce')
+    # The modern backbones train with configs/wider.py's recipe for them.
+    assert (r.get('optimizer.name') == 'adamw') == (r['model.backbone'] not in paper)
 
 
 def test_table4_runs():

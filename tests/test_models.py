@@ -83,6 +83,28 @@ TORCHVISION_PARAMS_WITHOUT_HEAD = {
 }
 
 
+# torchvision's published `num_params` of every registered architecture, with the
+# 1000-class head (the `*_Weights.IMAGENET1K_V1.meta` of torchvision's model files).
+TORCHVISION_PARAMS = {
+  'resnet18': 11_689_512,
+  'resnet34': 21_797_672,
+  'resnet50': 25_557_032,
+  'resnet101': 44_549_160,
+  'resnet152': 60_192_808,
+  'densenet121': 7_978_856,
+  'densenet161': 28_681_000,
+  'densenet169': 14_149_480,
+  'densenet201': 20_013_928,
+  'vit_b_16': 86_567_656,
+  'swin_t': 28_288_354,
+  'swin_s': 49_606_258,
+  'swin_b': 87_768_224,
+  'convnext_tiny': 28_589_128,
+  'convnext_small': 50_223_688,
+  'convnext_base': 88_591_464,
+}
+
+
 def test_param_counts_stated_in_the_brief():
   assert TORCHVISION_PARAMS_WITHOUT_HEAD == {
     'resnet18': 11_176_512,
@@ -95,7 +117,26 @@ def test_param_counts_stated_in_the_brief():
     'densenet169': 12_484_480,
     'densenet201': 18_092_928,
   }
-  assert set(model_lib.BACKBONES) == set(TORCHVISION_PARAMS_WITHOUT_HEAD)
+  assert set(TORCHVISION_PARAMS_WITHOUT_HEAD) <= set(model_lib.BACKBONES)
+  assert set(model_lib.BACKBONES) == set(TORCHVISION_PARAMS)
+
+
+@pytest.mark.parametrize('name', sorted(TORCHVISION_PARAMS))
+def test_every_registered_backbone_has_torchvisions_param_count(name):
+  """Traced at 64x64 (no allocation): the head is the registry's, its input `pooled`."""
+  entry = model_lib.BACKBONES[name]
+  backbone = entry.create(num_classes=1000)
+  out, variables = jax.eval_shape(
+    lambda: backbone.init_with_output(_key(0), _images(64, 64, 1), train=False)
+  )
+  assert _count(variables['params']) == TORCHVISION_PARAMS[name] == entry.num_params
+  head = traverse_util.flatten_dict(variables['params'])
+  head_path = tuple(entry.head.split('.'))
+  assert head[(*head_path, 'kernel')].shape == (out['pooled'].shape[1], 1000)
+  assert out['logits'].shape == (1, 1000)
+  assert entry.tap_channels(1.0) == (out['k1'].shape[-1], out['k2'].shape[-1])
+  assert entry.url == f'https://download.pytorch.org/models/{entry.file_name}'
+  assert entry.file_name.startswith(name + '-')
 
 
 @pytest.fixture(scope='module')

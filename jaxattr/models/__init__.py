@@ -1,21 +1,21 @@
-"""Models: torchvision-layout backbones, the attention heads and the attribute model."""
+"""Models: torchvision-layout backbones (registered in `registry`), the attention heads and
+the attribute model."""
 
 from jaxattr.models.model import (
   AGGREGATIONS,
-  BACKBONES,
   LEVELS,
   AttributeModel,
-  backbone_tap_channels,
-  create_backbone,
   create_model,
   validate_attention,
 )
+from jaxattr.models.registry import BACKBONES, Backbone, backbone_tap_channels, create_backbone
 
 __all__ = [
   'AGGREGATIONS',
   'BACKBONES',
   'LEVELS',
   'AttributeModel',
+  'Backbone',
   'backbone_tap_channels',
   'create_backbone',
   'create_model',

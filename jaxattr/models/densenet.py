@@ -11,9 +11,10 @@ kernel is (in, out) here ((out, in) in torch). Examples:
 params `features/denseblock1/denselayer1/norm1/scale`;
 `features.transition3.norm.running_mean` -> batch_stats `features/transition3/norm/mean`;
 `classifier.weight` -> params `classifier/kernel` (only when `num_classes` is set).
-Old torchvision checkpoints named `norm.1` / `conv.2` inside dense layers; the
-converter must map those to `norm1` / `conv2` first (torchvision does the same on
-load).
+Old torchvision checkpoints named `norm.1` / `conv.2` inside dense layers (the files
+torchvision downloads still do); `rename_legacy_keys`, the registry's
+`adapt_state_dict` hook for this family, maps those to `norm1` / `conv2` first, as
+torchvision does on load.
 
 Semantics follow torchvision at `width=1`: explicit symmetric padding, convs without
 bias, BatchNorm epsilon 1e-5 / momentum 0.9, transitions as BN-ReLU-conv1x1-AvgPool
@@ -22,11 +23,13 @@ init, and the final `relu(norm5)`. `width` scales the growth rate, the initial
 features and the bottleneck width (`bn_size * growth_rate`).
 
 `__call__(x, train)` returns `{'k1': after denseblock3 (before transition3),
-'k2': relu(norm5)}` and, when `num_classes` is set, `'logits'`.
+'k2': relu(norm5), 'pooled': the global average of k2}` and, when `num_classes` is
+set, `'logits'`. The architectures are registered in `registry.py`.
 """
 
 import dataclasses
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -43,6 +46,39 @@ from jaxattr.models.resnet import (
 
 Array = jax.Array
 Dtype = Any
+
+# torchvision's `_load_state_dict` for DenseNet: `...denselayerN.norm.1.weight` ->
+# `...denselayerN.norm1.weight` (likewise relu / conv and 2). The counter is renamed
+# too (torchvision's pattern omits it: the old files predate it), for re-saved files.
+_LEGACY_KEY = re.compile(
+  r'^(.*denselayer\d+\.(?:norm|relu|conv))\.'
+  r'([12]\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$'
+)
+
+
+def rename_legacy_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+  """Renames old torchvision DenseNet keys (`norm.1` -> `norm1`, `conv.2` -> `conv2`).
+
+  The DenseNet files torchvision downloads still use the old names.
+
+  Args:
+    state_dict: torch key -> tensor.
+
+  Returns:
+    A new dict with the same tensors under current names; other keys unchanged.
+
+  Raises:
+    ValueError: if a legacy and a current key name the same tensor.
+  """
+  out = {}
+  for key, value in state_dict.items():
+    match = _LEGACY_KEY.match(key)
+    new = match.group(1) + match.group(2) if match else key
+    if new in out:
+      raise ValueError(f'Tensor {new!r} appears twice (legacy and current DenseNet names).')
+    out[new] = value
+  return out
+
 
 # torchvision's DenseNet: nn.init.kaiming_normal_(weight) (fan_in, relu gain).
 densenet_conv_init = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
@@ -148,7 +184,9 @@ class DenseNetFeatures(nn.Module):
         taps['k1'] = x
       if i != last:
         x = Transition(x.shape[-1] // 2, dt, pdt, name=f'transition{i + 1}')(x, train)
-    taps['k2'] = nn.relu(batch_norm(train, dt, pdt, 'norm5')(x))
+    taps['k2'] = k2 = nn.relu(batch_norm(train, dt, pdt, 'norm5')(x))
+    # What the ImageNet `classifier` reads, float32 or wider (`registry.py`'s contract).
+    taps['pooled'] = global_avg_pool(k2.astype(jnp.promote_types(k2.dtype, jnp.float32)))
     return taps
 
 
@@ -226,7 +264,8 @@ class DenseNet(nn.Module):
 
     Returns:
       `{'k1': [B, H/16, W/16, C1], 'k2': [B, H/32, W/32, C2]}` (sizes as torchvision
-      computes them), plus `'logits'` [B, num_classes] (float32) with `num_classes`.
+      computes them), `'pooled'` [B, C2] (the float32 average of k2), plus
+      `'logits'` [B, num_classes] (float32) with `num_classes`.
     """
     taps = DenseNetFeatures(
       growth_rate=scale_channels(self.growth_rate, self.width),

@@ -1,10 +1,13 @@
-"""The attribute model of SPEC §1: backbone, primary classifier, attention, aggregation.
+"""The attribute model: backbone, primary classifier, attention, aggregation.
 
 Top-level parameters (and batch_stats) of `AttributeModel`:
 
-  backbone              the backbone's whole tree, torchvision names, no fc
-                        (the converter and the frozen stage rely on this name)
-  classifier            primary Dense(C) on the global average of k2 (Glorot init)
+  backbone              the backbone's whole tree, torchvision names, no ImageNet
+                        head (the converter and the frozen stage rely on this name);
+                        any entry of `registry.BACKBONES`
+  classifier            primary Dense(C) on the backbone's `pooled` vector, what its
+                        ImageNet head reads (ResNet / DenseNet: the global average of
+                        k2; ViT: the class token) (Glorot init)
   attention3/4          score-level heads, each `mask` + `classifier`
                         (`aggregation='score'`, one per entry of `levels`)
   mask3, mask4          feature-level variants: the two mask branches ...
@@ -16,8 +19,7 @@ logits), `primary_logits`, `attention_logits` [L, B, C], and the tuples `masks` 
 `confidences` ([B, Hi, Wi, C] per entry of `levels`) for the tools that draw them.
 """
 
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -33,74 +35,25 @@ from jaxattr.models.attention import (
   max_pool_to,
   upsample_to,
 )
-from jaxattr.models.densenet import DENSENET_SPECS, create_densenet, densenet_tap_channels
-from jaxattr.models.resnet import (
-  RESNET_SPECS,
-  create_resnet,
-  global_avg_pool,
-  resnet_tap_channels,
-  scale_channels,
-)
+from jaxattr.models.registry import BACKBONES, backbone_tap_channels, create_backbone
+from jaxattr.models.resnet import scale_channels
 
 Array = jax.Array
 Dtype = Any
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {
-  **{name: functools.partial(create_resnet, name) for name in RESNET_SPECS},
-  **{name: functools.partial(create_densenet, name) for name in DENSENET_SPECS},
-}
+__all__ = [
+  'AGGREGATIONS',
+  'BACKBONES',
+  'LEVELS',
+  'AttributeModel',
+  'backbone_tap_channels',
+  'create_backbone',
+  'create_model',
+  'validate_attention',
+]
 
 LEVELS = ((), (3,), (4,), (3, 4))
 AGGREGATIONS = ('score', 'feature_upsample', 'feature_maxpool', 'feature_strided_conv')
-
-
-def create_backbone(
-  name: str,
-  width: float = 1.0,
-  dtype: Dtype = jnp.float32,
-  param_dtype: Dtype = jnp.float32,
-  num_classes: int | None = None,
-  module_name: str | None = None,
-) -> nn.Module:
-  """A backbone from `BACKBONES`.
-
-  Args:
-    name: 'resnet18' ... 'resnet152', 'densenet121' ... 'densenet201'.
-    width: channel multiplier (1.0 = torchvision).
-    dtype: compute dtype.
-    param_dtype: parameter dtype.
-    num_classes: if set, include the ImageNet head (`fc` / `classifier`).
-    module_name: the Flax module name (e.g. 'backbone'); None = automatic.
-
-  Returns:
-    The module; `module(x, train)` returns `{'k1', 'k2'[, 'logits']}`.
-  """
-  if name not in BACKBONES:
-    raise ValueError(f'Unknown backbone {name!r}; expected one of {sorted(BACKBONES)}.')
-  return BACKBONES[name](
-    width=width,
-    dtype=dtype,
-    param_dtype=param_dtype,
-    num_classes=num_classes,
-    module_name=module_name,
-  )
-
-
-def backbone_tap_channels(name: str, width: float = 1.0) -> tuple[int, int]:
-  """Channels of the `k1` and `k2` taps of a backbone.
-
-  Args:
-    name: a key of `BACKBONES`.
-    width: channel multiplier.
-
-  Returns:
-    `(k1_channels, k2_channels)`, e.g. (1024, 2048) for resnet101.
-  """
-  if name in RESNET_SPECS:
-    return resnet_tap_channels(RESNET_SPECS[name], width)
-  if name in DENSENET_SPECS:
-    return densenet_tap_channels(DENSENET_SPECS[name], width)
-  raise ValueError(f'Unknown backbone {name!r}; expected one of {sorted(BACKBONES)}.')
 
 
 def validate_attention(levels: Sequence[int], aggregation: str) -> tuple[int, ...]:
@@ -181,7 +134,9 @@ class AttributeModel(nn.Module):
       taps = jax.lax.stop_gradient(taps)
     features = {3: taps['k1'], 4: taps['k2']}
 
-    pooled = global_avg_pool(features[4].astype(jnp.float32))
+    # The vector the backbone's ImageNet head reads (ResNet: the average of k2; ViT:
+    # the class token), so the primary classifier sits where that head sat.
+    pooled = taps['pooled'].astype(jnp.float32)
     primary = nn.Dense(
       self.num_classes,
       kernel_init=nn.initializers.xavier_uniform(),
@@ -222,7 +177,10 @@ class AttributeModel(nn.Module):
         masks.append(a)
         confidences.append(s)
       u3, u4 = weighted[3], weighted[4]
-      if self.aggregation == 'feature_upsample':
+      if u3.shape[1:3] == u4.shape[1:3] and self.aggregation != 'feature_strided_conv':
+        # One grid for both taps (ViT): resizing either onto the other is the identity.
+        u = u3 + u4
+      elif self.aggregation == 'feature_upsample':
         u = u3 + upsample_to(u4, u3.shape[1:3])
       elif self.aggregation == 'feature_maxpool':
         u = u4 + max_pool_to(u3, u4.shape[1:3])

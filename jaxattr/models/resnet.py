@@ -24,8 +24,9 @@ bottleneck on its 3x3 conv (v1.5), kaiming-normal fan-out conv init, BN scale 1 
 bias 0. `width` scales every channel count so tiny CPU variants of the same
 architecture exist.
 
-`__call__(x, train)` returns `{'k1': layer3 output, 'k2': layer4 output}` and, when
-`num_classes` is set, `'logits'` (global average pool + `fc`).
+`__call__(x, train)` returns `{'k1': layer3 output, 'k2': layer4 output, 'pooled':
+the global average of k2}` and, when `num_classes` is set, `'logits'` (`fc` on the
+average pool). The architectures are registered in `registry.py`.
 """
 
 import dataclasses
@@ -294,7 +295,8 @@ class ResNet(nn.Module):
 
     Returns:
       `{'k1': [B, H/16, W/16, C1], 'k2': [B, H/32, W/32, C2]}` (sizes rounded up),
-      plus `'logits'` [B, num_classes] (float32) when `num_classes` is set.
+      `'pooled'` [B, C2] (the float32 average of k2), plus `'logits'`
+      [B, num_classes] (float32) when `num_classes` is set.
     """
     layers = _Layers(self.dtype, self.param_dtype, resnet_conv_init)
     expansion = 4 if self.block is Bottleneck else 1
@@ -316,6 +318,9 @@ class ResNet(nn.Module):
       if i == 2:
         taps['k1'] = x
     taps['k2'] = x
+    # What the ImageNet `fc` reads, in float32 (or wider) for the attribute model's
+    # primary classifier (the backbone contract of `registry.py`).
+    taps['pooled'] = global_avg_pool(x.astype(jnp.promote_types(x.dtype, jnp.float32)))
     if self.num_classes is not None:
       kernel_init, bias_init = torch_linear_init(x.shape[-1])
       logits = nn.Dense(

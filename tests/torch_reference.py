@@ -2,16 +2,22 @@
 
 Two uses: the conversion parity tests (random weights in torchvision's layout run
 here and, converted, in Flax) and the PyTorch side of the speed benchmark (the same
-architecture timed in both frameworks). torchvision itself is not a dependency:
-the backbones are written out with torchvision's exact module names, so
-`state_dict()` keys equal those of `torchvision.models.resnet50()` etc., and real
-torchvision checkpoints load with `load_state_dict(strict=True)` (DenseNet files after
-the legacy-key renaming torchvision also applies, `convert.rename_legacy_densenet_keys`).
+architecture timed in both frameworks). torchvision itself is not a dependency (it
+does not install beside the pinned torch): the backbones are written out from
+torchvision's model definitions with its exact module names, so `state_dict()` keys
+equal those of `torchvision.models.resnet50()` etc., and real torchvision checkpoints
+load with `load_state_dict(strict=True)` (DenseNet files after the legacy-key
+renaming torchvision also applies, `jaxattr.models.densenet.rename_legacy_keys`).
 
   ResNetTorch     ResNet-18/34/50/101/152, v1.5 (stride on the bottleneck's 3x3)
   DenseNetTorch   DenseNet-121/161/169/201
+  VisionTransformerTorch
+                  ViT-B/16 (`torchvision.models.vit_b_16`), built on
+                  `torch.nn.MultiheadAttention`; at inputs other than 224x224 the
+                  position embedding is resized with `F.interpolate(mode='bicubic',
+                  align_corners=True)`, torchvision's `interpolate_embeddings`
   AttentionHeadTorch / AttentionMaskTorch / AttentionClassifierTorch
-                  the attention module of SPEC §1
+                  the attention module of `jaxattr/models/attention.py`
   AttributeModelTorch
                   backbone + primary classifier + score-level attention at the
                   given levels; its module names are the Flax `AttributeModel`'s
@@ -19,15 +25,18 @@ the legacy-key renaming torchvision also applies, `convert.rename_legacy_densene
                   generic name mapping of `jaxattr.convert` carries weights across.
 
 Tensors are NCHW here (torch's convention); backbones return a dict with the taps
-`k1` (layer3 / after denseblock3) and `k2` (layer4 / relu(norm5)) and, when
-`num_classes` is set, `logits`. `width` scales channel counts with the same rounding
-as the Flax models (`max(1, round(c * width))`), so tiny variants match too.
+`k1` (layer3 / after denseblock3 / ViT tokens after block 8) and `k2` (layer4 /
+relu(norm5) / ViT tokens after the final norm), `pooled` (what the ImageNet head
+reads: the average of k2, ViT's class token) and, when `num_classes` is set,
+`logits`. `width` scales channel counts with the same rounding as the Flax models
+(`max(1, round(c * width))`), so tiny variants match too.
 
 Initialisation mirrors torchvision for the backbones; the heads use torch's
-defaults except the primary classifier (Xavier, zero bias, as SPEC §1 says). Only
-imported when torch is installed.
+defaults except the primary classifier (Xavier, zero bias, as the model's docstring
+says). Test-only: imported by the tests and the benchmark's `--compare_torch`.
 """
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -171,9 +180,9 @@ class ResNetTorch(nn.Module):
     x = self.layer2(self.layer1(x))
     k1 = self.layer3(x)
     k2 = self.layer4(k1)
-    out = {'k1': k1, 'k2': k2}
+    out = {'k1': k1, 'k2': k2, 'pooled': torch.flatten(F.adaptive_avg_pool2d(k2, 1), 1)}
     if self.fc is not None:
-      out['logits'] = self.fc(torch.flatten(F.adaptive_avg_pool2d(k2, 1), 1))
+      out['logits'] = self.fc(out['pooled'])
     return out
 
 
@@ -293,28 +302,165 @@ class DenseNetTorch(nn.Module):
       if name == f'denseblock{self.num_blocks - 1}':
         k1 = x
     k2 = F.relu(x)
-    out = {'k1': k1, 'k2': k2}
+    out = {'k1': k1, 'k2': k2, 'pooled': torch.flatten(F.adaptive_avg_pool2d(k2, 1), 1)}
     if self.classifier is not None:
-      out['logits'] = self.classifier(torch.flatten(F.adaptive_avg_pool2d(k2, 1), 1))
+      out['logits'] = self.classifier(out['pooled'])
+    return out
+
+
+# --- Vision Transformer ----------------------------------------------------------------
+
+
+class MLPBlockTorch(nn.Sequential):
+  """torchvision's `MLPBlock`: `0` Linear, `1` GELU, `2` Dropout, `3` Linear, `4` Dropout."""
+
+  def __init__(self, dim: int, mlp_dim: int):
+    super().__init__(
+      nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(0.0), nn.Linear(mlp_dim, dim), nn.Dropout(0.0)
+    )
+    for m in self.modules():
+      if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        nn.init.normal_(m.bias, std=1e-6)
+
+
+class EncoderBlockTorch(nn.Module):
+  """torchvision's `EncoderBlock`: ln_1, self_attention, ln_2, mlp (pre-norm residuals)."""
+
+  def __init__(self, num_heads: int, dim: int, mlp_dim: int):
+    super().__init__()
+    self.ln_1 = nn.LayerNorm(dim, eps=1e-6)
+    self.self_attention = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+    self.ln_2 = nn.LayerNorm(dim, eps=1e-6)
+    self.mlp = MLPBlockTorch(dim, mlp_dim)
+
+  def forward(self, x: Tensor) -> Tensor:
+    y = self.ln_1(x)
+    y, _ = self.self_attention(y, y, y, need_weights=False)
+    x = x + y
+    return x + self.mlp(self.ln_2(x))
+
+
+class EncoderTorch(nn.Module):
+  """torchvision's `Encoder`: pos_embedding, layers.encoder_layer_{i}, ln."""
+
+  def __init__(self, seq_length: int, num_layers: int, num_heads: int, dim: int, mlp_dim: int):
+    super().__init__()
+    self.pos_embedding = nn.Parameter(torch.empty(1, seq_length, dim).normal_(std=0.02))
+    self.layers = nn.Sequential()
+    for i in range(num_layers):
+      self.layers.add_module(f'encoder_layer_{i}', EncoderBlockTorch(num_heads, dim, mlp_dim))
+    self.ln = nn.LayerNorm(dim, eps=1e-6)
+
+
+class VisionTransformerTorch(nn.Module):
+  """torchvision's `VisionTransformer` (conv_proj, class_token, encoder, heads.head).
+
+  Args:
+    patch_size: patch side (16).
+    num_layers: encoder blocks (12).
+    num_heads: heads (12).
+    hidden_dim: D at width 1 (768); `width` scales D / num_heads.
+    mlp_dim: MLP width at width 1 (3072).
+    image_size: the side the position embedding is for (224).
+    width: multiplier of the head dimension and the MLP width.
+    num_classes: if set, `heads.head` and a `logits` output.
+    tap_after: `k1` is read after this many blocks (None: two thirds of the depth).
+  """
+
+  def __init__(
+    self,
+    patch_size: int = 16,
+    num_layers: int = 12,
+    num_heads: int = 12,
+    hidden_dim: int = 768,
+    mlp_dim: int = 3072,
+    image_size: int = 224,
+    width: float = 1.0,
+    num_classes: int | None = 1000,
+    tap_after: int | None = None,
+  ):
+    super().__init__()
+    dim = num_heads * scale_channels(hidden_dim // num_heads, width)
+    self.patch_size, self.hidden_dim = patch_size, dim
+    self.grid = image_size // patch_size
+    self.tap_after = max(1, 2 * num_layers // 3) if tap_after is None else tap_after
+    self.conv_proj = nn.Conv2d(3, dim, patch_size, stride=patch_size)
+    self.class_token = nn.Parameter(torch.zeros(1, 1, dim))
+    self.encoder = EncoderTorch(
+      self.grid**2 + 1, num_layers, num_heads, dim, scale_channels(mlp_dim, width)
+    )
+    self.num_features = dim
+    self.heads = None
+    if num_classes is not None:
+      self.heads = nn.Sequential()
+      self.heads.add_module('head', nn.Linear(dim, num_classes))
+      nn.init.zeros_(self.heads.head.weight)
+      nn.init.zeros_(self.heads.head.bias)
+    fan_in = 3 * patch_size * patch_size
+    nn.init.trunc_normal_(self.conv_proj.weight, std=math.sqrt(1 / fan_in))
+    nn.init.zeros_(self.conv_proj.bias)
+
+  def position_embedding(self, gh: int, gw: int) -> Tensor:
+    """The position embedding for a gh x gw grid (torchvision's `interpolate_embeddings`)."""
+    pos = self.encoder.pos_embedding
+    if (gh, gw) == (self.grid, self.grid):
+      return pos
+    d = pos.shape[-1]
+    grid = pos[:, 1:].permute(0, 2, 1).reshape(1, d, self.grid, self.grid)
+    grid = F.interpolate(grid, size=(gh, gw), mode='bicubic', align_corners=True)
+    return torch.cat([pos[:, :1], grid.reshape(1, d, gh * gw).permute(0, 2, 1)], dim=1)
+
+  def forward(self, x: Tensor) -> dict[str, Tensor]:
+    """Runs the backbone on NCHW images; returns `k1`, `k2` (NCHW), `pooled`, `logits`."""
+    n = x.shape[0]
+    x = self.conv_proj(x)
+    gh, gw = x.shape[2:]
+    x = x.reshape(n, self.hidden_dim, gh * gw).permute(0, 2, 1)
+    x = torch.cat([self.class_token.expand(n, -1, -1), x], dim=1)
+    x = x + self.position_embedding(gh, gw)
+    tap = x
+    for i, layer in enumerate(self.encoder.layers):
+      x = layer(x)
+      if i + 1 == self.tap_after:
+        tap = x
+    x = self.encoder.ln(x)
+
+    def grid(tokens):
+      return tokens[:, 1:].permute(0, 2, 1).reshape(n, self.hidden_dim, gh, gw)
+
+    out = {'k1': grid(tap), 'k2': grid(x), 'pooled': x[:, 0]}
+    if self.heads is not None:
+      out['logits'] = self.heads(x[:, 0])
     return out
 
 
 # --- Factories ----------------------------------------------------------------------
 
-ARCHS = (*RESNET_ARCHS, *DENSENET_ARCHS)
+VIT_ARCHS: dict[str, dict[str, int]] = {
+  # torchvision's vit_b_16; k1 after encoder block 8 of 12 (the issue's choice).
+  'vit_b_16': dict(
+    patch_size=16, num_layers=12, num_heads=12, hidden_dim=768, mlp_dim=3072, tap_after=8
+  ),
+}
+
+ARCHS = (*RESNET_ARCHS, *DENSENET_ARCHS, *VIT_ARCHS)
 
 
 def create_backbone(name: str, width: float = 1.0, num_classes: int | None = 1000) -> nn.Module:
   """A reference backbone by torchvision name.
 
   Args:
-    name: 'resnet18' ... 'resnet152', 'densenet121' ... 'densenet201'.
+    name: 'resnet18' ... 'resnet152', 'densenet121' ... 'densenet201', 'vit_b_16'.
     width: channel multiplier (1.0 = torchvision).
     num_classes: ImageNet head size; None = no head (taps only).
 
   Returns:
-    `ResNetTorch` or `DenseNetTorch`, in training mode (call `.eval()` for inference).
+    `ResNetTorch`, `DenseNetTorch` or `VisionTransformerTorch`, in training mode
+    (call `.eval()` for inference).
   """
+  if name in VIT_ARCHS:
+    return VisionTransformerTorch(**VIT_ARCHS[name], width=width, num_classes=num_classes)
   if name in RESNET_ARCHS:
     block, layers = RESNET_ARCHS[name]
     return ResNetTorch(block, layers, width, num_classes)
@@ -337,6 +483,9 @@ def tap_sizes(name: str, height: int, width: int) -> tuple[tuple[int, int], tupl
   """
   if name not in ARCHS:
     raise ValueError(f'Unknown backbone {name!r}; expected one of {ARCHS}.')
+  if name in VIT_ARCHS:
+    p = VIT_ARCHS[name]['patch_size']
+    return (height // p, width // p), (height // p, width // p)
 
   def taps(n: int) -> tuple[int, int]:
     n = _conv_out(_conv_out(n, 7, 2, 3), 3, 2, 1)  # conv1 / conv0, then the max pool.
@@ -360,6 +509,10 @@ def tap_channels(name: str, width: float = 1.0) -> tuple[int, int]:
   Returns:
     `(k1_channels, k2_channels)`.
   """
+  if name in VIT_ARCHS:
+    heads, dim = VIT_ARCHS[name]['num_heads'], VIT_ARCHS[name]['hidden_dim']
+    d = heads * scale_channels(dim // heads, width)
+    return d, d
   if name in RESNET_ARCHS:
     block, _ = RESNET_ARCHS[name]
     return scale_channels(256 * block.expansion, width), scale_channels(
@@ -523,7 +676,7 @@ class AttributeModelTorch(nn.Module):
     """
     taps = self.backbone(x)
     features = {3: taps['k1'], 4: taps['k2']}
-    primary = self.classifier(torch.flatten(F.adaptive_avg_pool2d(taps['k2'], 1), 1)).float()
+    primary = self.classifier(taps['pooled']).float()
     logits, masks, confidences = [], [], []
     for level in self.levels:
       y, a, s = getattr(self, f'attention{level}')(features[level])
