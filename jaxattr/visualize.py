@@ -1,4 +1,4 @@
-"""Figures of trained models: attention overlays, attention grids, per-attribute AP bars.
+"""Figures of trained models: attention overlays and attention grids.
 
 Shared by `jaxattr.predict`, the demo and the experiments. Figures are drawn with
 matplotlib's object API on the Agg canvas (no pyplot, no global backend, no
@@ -11,7 +11,6 @@ over the image with a colour map, transparent where the mask is low.
 """
 
 import io
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -235,67 +234,6 @@ def attention_grid(
         label = f'#{i}' + (f' L{level_names[lv]}' if len(per_level) > 1 else '')
         ax.set_ylabel(label, fontsize=7)
   fig.subplots_adjust(left=0.04, right=0.99, bottom=0.01, top=1 - 0.5 / fig.get_figheight())
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_bytes(_to_png(fig, dpi))
-  return path
-
-
-def ap_bar_chart(
-  per_attribute_ap_by_run: Mapping[str, Mapping[str, float]],
-  path: str | Path,
-  *,
-  title: str = 'Per-attribute AP',
-  scale: float = 100.0,
-  dpi: int = 100,
-) -> Path:
-  """Grouped bars of per-attribute AP, one colour per run (e.g. ours vs a baseline).
-
-  Attributes follow the first run's order; an attribute a run does not have, or
-  whose AP is NaN (no labelled positive), gets no bar. The legend gives each run's
-  mean over its finite APs.
-
-  Args:
-    per_attribute_ap_by_run: {run name: {attribute: AP}}.
-    path: where the PNG goes.
-    title: the chart title.
-    scale: multiplies the values for display (100: fractions shown as %; use 1
-      for values already in %).
-    dpi: resolution.
-
-  Returns:
-    `path`.
-  """
-  runs = list(per_attribute_ap_by_run)
-  if not runs:
-    raise ValueError('no runs to plot.')
-  attributes = list(per_attribute_ap_by_run[runs[0]])
-  for run in runs[1:]:
-    attributes += [a for a in per_attribute_ap_by_run[run] if a not in attributes]
-  width = 0.8 / len(runs)
-  fig = Figure(figsize=(max(6.0, 0.45 * len(attributes) * max(1, len(runs) / 2) + 1.5), 4.2))
-  ax = fig.add_subplot()
-  x = np.arange(len(attributes))
-  for j, run in enumerate(runs):
-    values = np.array(
-      [float(per_attribute_ap_by_run[run].get(a, math.nan)) * scale for a in attributes]
-    )
-    finite = np.isfinite(values)
-    mean = float(values[finite].mean()) if finite.any() else math.nan
-    ax.bar(
-      x[finite] + (j - (len(runs) - 1) / 2) * width,
-      values[finite],
-      width=width,
-      label=f'{run} (mean {mean:.1f})',
-    )
-  ax.set_xticks(x, attributes, rotation=45, ha='right', fontsize=8)
-  ax.set_ylabel('AP' + (' (%)' if scale == 100.0 else ''))
-  ax.set_ylim(bottom=0)
-  ax.set_title(title, loc='left')
-  ax.grid(axis='y', alpha=0.3)
-  # Above the axes, right of the title: never on top of a bar.
-  ax.legend(fontsize=8, loc='lower right', bbox_to_anchor=(1.0, 1.0), ncol=len(runs), frameon=False)
-  fig.tight_layout()
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_bytes(_to_png(fig, dpi))

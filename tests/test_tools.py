@@ -436,7 +436,7 @@ def test_bad_export_file(tmp_path):
 # --- visualize ------------------------------------------------------------------------
 
 
-def test_attention_grid_and_ap_bar_chart(tmp_path):
+def test_attention_grid_and_figure_sizes(tmp_path):
   rng = np.random.default_rng(0)
   images = [rng.integers(0, 255, (80, 40, 3), np.uint8) for _ in range(3)]
   masks = rng.random((3, 4, 4, 5)).astype(np.float32)
@@ -449,12 +449,6 @@ def test_attention_grid_and_ap_bar_chart(tmp_path):
   with Image.open(path) as png:
     # 3 columns of max(1.6 x 0.5, 1.25) inches + 0.4; 6 rows of (1.6 + 0.45) + 0.2.
     assert png.size == (415, 1250)
-  path = visualize.ap_bar_chart(
-    {'ours': {'a': 0.9, 'b': float('nan')}, 'baseline': {'a': 0.8, 'b': 0.5}},
-    tmp_path / 'ap.png',
-  )
-  with Image.open(path) as png:
-    assert png.size == (600, 420)
   # A primary-only model has no masks: probabilities and image only.
   png = visualize.attention_figure(images[0], {}, probs[0], names, top_k=3)
   with Image.open(io.BytesIO(png)) as figure:
