@@ -388,3 +388,20 @@ def test_help_text_keeps_its_lines(path):
             assert not re.search(r'\S(\n| {3,})\S', arg.value), (
               f'{path.name}:{node.lineno}: help text with a line break or a run of spaces'
             )
+
+
+def test_backbone_table_matches_the_registry():
+  """The README's backbone table lists every registered backbone with its parameter count."""
+  from jaxattr.models import registry
+
+  rows = re.findall(
+    r'^\| `(\w+)` \| ([\d.]+) M \| `([\w.-]+)` \|$',
+    (ROOT / 'README.md').read_text(),
+    flags=re.M,
+  )
+  table = {name: (float(millions), file) for name, millions, file in rows}
+  assert set(table) == set(registry.BACKBONES)
+  for name, backbone in registry.BACKBONES.items():
+    millions, file = table[name]
+    assert millions == round(backbone.num_params / 1e6, 1), name
+    assert backbone.url.endswith('/' + file), name
