@@ -1,15 +1,9 @@
 """Your own attributes: a folder of images plus a CSV (see docs/custom_data.md).
 
-  python -m jaxattr.main --config=configs/custom.py --workdir=runs/mine \
-      --config.data.manual_dir=/path/to/my_data
+The short path, for runs from the repository root (`--config=configs/custom.py`), to
+the recipe `jaxattr/configs/custom.py`, which is installed with jaxattr and holds the
+commands and the numbers. A copy of that file works from any directory: it imports
+its base from the package.
 """
 
-from configs import peta
-
-
-def get_config(arg: str | None = None):
-  config = peta.get_config(arg)
-  config.data.name = 'custom_attributes'
-  config.data.builder_config = ''
-  config.train.num_epochs = 30
-  return config
+from jaxattr.configs.custom import get_config  # noqa: F401

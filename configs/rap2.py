@@ -1,15 +1,9 @@
 """RAP v2 (54 attributes, partition 0) — beyond the paper; PETA's recipe.
 
-  python -m jaxattr.main --config=configs/rap2.py --workdir=runs/rap2 \
-      --config.data.manual_dir=/path/to/RAP
+The short path, for runs from the repository root (`--config=configs/rap2.py`), to
+the recipe `jaxattr/configs/rap2.py`, which is installed with jaxattr and holds the
+commands and the numbers. A copy of that file works from any directory: it imports
+its base from the package.
 """
 
-from configs import peta
-
-
-def get_config(arg: str | None = None):
-  config = peta.get_config(arg)
-  config.data.name = 'rap2'
-  config.data.builder_config = ''
-  config.train.num_epochs = 30
-  return config
+from jaxattr.configs.rap2 import get_config  # noqa: F401

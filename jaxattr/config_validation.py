@@ -356,6 +356,7 @@ def _check_loss_and_history(c: _Checker) -> None:
   c.choice('loss.attention', losses.ATTENTION_LOSSES)
   c.choice('loss.class_weights', losses.CLASS_WEIGHT_MODES)
   c.number('loss.gamma', 0)
+  c.choice('loss.attribute_reduction', losses.ATTRIBUTE_REDUCTIONS)
   c.integer('history.length', 1)
   c.integer('history.start_epoch', 0)
   c.choice('history.source', history.SOURCES)

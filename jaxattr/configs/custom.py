@@ -1,0 +1,15 @@
+"""Your own attributes: a folder of images plus a CSV (see docs/custom_data.md).
+
+  python -m jaxattr.main --config=configs/custom.py --workdir=runs/mine \
+      --config.data.manual_dir=/path/to/my_data
+"""
+
+from jaxattr.configs import default, peta
+
+
+def get_config(arg: str | None = None):
+  config = peta.get_config()
+  config.data.name = 'custom_attributes'
+  config.data.builder_config = ''
+  config.train.num_epochs = 30
+  return default.apply_args(config, arg)
