@@ -33,7 +33,7 @@ import ml_collections
 
 from configs import demo, wider
 
-# (label, overrides, the paper's test mAP of ResNet-101 on WIDER-Attribute, SPEC §6).
+# (label, overrides, the paper's test mAP of ResNet-101 on WIDER-Attribute, docs/method.md).
 ROWS = (
   (
     '1 primary only, BCE',

@@ -1,4 +1,4 @@
-"""The prediction-variance history of Active Bias (SPEC §3), as pure array functions.
+"""The prediction-variance history of Active Bias (docs/method.md, "History"), pure functions.
 
 The state is a plain dict of arrays, so it lives in the train state and is
 checkpointed with it:

@@ -70,7 +70,7 @@ def class_weights(positive_ratio: Array | np.ndarray, mode: str) -> tuple[Array,
   Args:
     positive_ratio: [C] training-set positive ratios r_c.
     mode: 'vespa' (w_pos = exp(1 - r), w_neg = exp(r); what VeSPA, DeepMAR and
-      their successors implement, SPEC §2), 'paper_literal' (exp(-r) on both
+      their successors implement; docs/method.md, "Losses"), 'paper_literal' (exp(-r) on both
       terms, the paper's formula read literally) or 'none' (ones).
 
   Returns:

@@ -1,4 +1,4 @@
-"""Evaluation metrics (SPEC §5): exact, vectorised numpy, plus clu collections.
+"""Evaluation metrics (docs/method.md, "Evaluation"): exact, vectorised numpy, clu averages.
 
 Labels everywhere are ints with 1 = present, 0 = absent, -1 = unknown; evaluation
 always ignores unknown labels.

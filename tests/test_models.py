@@ -551,7 +551,7 @@ def test_full_spatial_conv_equals_a_valid_convolution(hw):
 
 
 def test_full_size_head_parameter_counts():
-  # ResNet-101 at 224 with 14 attributes, counted by hand from SPEC §1.
+  # ResNet-101 at 224 with 14 attributes, counted by hand from docs/method.md, "Model".
   c = 14
 
   def mask(d):  # conv1, bn1, conv2, bn2, logits, confidence

@@ -1,4 +1,4 @@
-"""The attention heads of SPEC §1: masks, confidences and the attention classifier.
+"""The attention heads (docs/method.md, "Model"): masks, confidences, attention classifier.
 
 One attention module per level i works on the backbone tap `k_i` [B, H, W, D]:
 
