@@ -10,8 +10,10 @@ Steps are pure and compiled once per stage with `jax.jit` over a 1-D device mesh
 ('data'): the batch is sharded along it, the state is replicated, and the compiler
 inserts the collectives (gradient all-reduce, global-batch BatchNorm statistics,
 the all-gather of the batch's (index, p) pairs into the replicated history), so
-the step reads as single-device code and gives the same result on any number of
-devices or hosts (`jaxattr.sharding`). The optimizers and schedules are built by
+the step reads as single-device code and computes the same function on any number
+of devices or hosts (`jaxattr.sharding`): results agree to float rounding (1e-5 over
+the first steps, tests/test_train.py), and over a run the rounding differences of
+the summation order grow, enough to move thresholded metrics. The optimizers and schedules are built by
 `jaxattr.optim`; evaluation (every epoch on the validation split, at the end on
 both) is `jaxattr.evaluation`; every file the run writes is named by
 `jaxattr.rundir`.
