@@ -12,6 +12,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
@@ -198,6 +199,81 @@ def test_two_processes_split_the_single_process_global_batch(data, reference, st
     assert sorted(got_index) == sorted(want['index'].tolist())
 
 
+class _IndexOnlyBuilder:
+  """A stand-in for a prepared builder: N records with no image (the test skips decoding).
+
+  Lets the train stream run over a split larger than any shuffle buffer (the old
+  pipeline's was 16,384) in seconds.
+  """
+
+  def __init__(self, num_examples: int):
+    self.num_examples = num_examples
+    split = type('Split', (), {'num_examples': num_examples})()
+    self.info = type('Info', (), {'splits': {'train': split}})()
+
+  def as_dataset(self, split, shuffle_files, decoders):
+    del split, shuffle_files, decoders
+    n = self.num_examples
+    records = {
+      'image': np.full(n, b'', dtype=object),
+      'labels': np.zeros((n, 1), np.int8),
+      'index': np.arange(n),
+      'image_id': np.arange(n).astype(str).astype(object),
+    }
+    return tf.data.Dataset.from_tensor_slices(records)
+
+
+def _position_table(orders: list[np.ndarray], n: int, bins: int) -> np.ndarray:
+  """Counts [bins, bins]: index bin (by stored order) x position bin, over all epochs."""
+  table = np.zeros((bins, bins), np.int64)
+  for order in orders:
+    positions = np.empty(n, np.int64)
+    positions[order] = np.arange(n)
+    np.add.at(table, (np.arange(n) * bins // n, positions * bins // n), 1)
+  return table
+
+
+def _chi_square(table: np.ndarray) -> float:
+  """Pearson's statistic against 'every index bin spreads evenly over the positions'."""
+  expected = table.sum(1, keepdims=True) / table.shape[1]
+  return float(((table - expected) ** 2 / expected).sum())
+
+
+def test_every_epoch_is_a_uniform_permutation_of_a_large_split(monkeypatch):
+  n, batch, bins, epochs = 20_000, 1_000, 10, 1
+  config = _config(image_size=4, resize_size=4, crop_min=4, crop_max=4, prefetch=1)
+  # The order is under test, not the images: skip their decoding and augmentation.
+  monkeypatch.setattr(input_pipeline, 'decode', lambda encoded: tf.zeros([1, 1, 3], tf.uint8))
+  monkeypatch.setattr(
+    input_pipeline, 'train_preprocess', lambda image, seed, config: tf.zeros([4, 4, 3], tf.uint8)
+  )
+  stream = input_pipeline.train_batches(_IndexOnlyBuilder(n), config, global_batch=batch, seed=0)
+  orders = []
+  for _ in range(epochs):
+    order = np.concatenate([next(stream)['index'] for _ in range(n // batch)])
+    assert sorted(order.tolist()) == list(range(n))  # A permutation of the whole split.
+    orders.append(order)
+  # Where each tenth of the split lands: under a uniform permutation, each cell of
+  # the 10 x 10 table is near-binomial around n * epochs / 100 and the statistic
+  # is ~chi-square with (10 - 1)^2 = 81 degrees of freedom, over this bound with
+  # probability 1e-6.
+  bound = scipy.stats.chi2.ppf(1 - 1e-6, (bins - 1) ** 2)
+  assert _chi_square(_position_table(orders, n, bins)) < bound
+  # The bound has the power to catch what it is for: a 16,384-record shuffle
+  # buffer, where the last records of the split can never land first (~350 here).
+  buffered = tf.data.Dataset.range(n).shuffle(16_384, seed=0).as_numpy_iterator()
+  assert _chi_square(_position_table([np.fromiter(buffered, np.int64)], n, bins)) > bound
+
+
+def test_epoch_order_is_a_pure_function_of_seed_and_epoch():
+  a = input_pipeline.epoch_order(50, seed=3, epoch=1)
+  np.testing.assert_array_equal(a, input_pipeline.epoch_order(50, seed=3, epoch=1))
+  assert sorted(a.tolist()) == list(range(50))
+  assert not np.array_equal(a, input_pipeline.epoch_order(50, seed=3, epoch=2))
+  assert not np.array_equal(a, input_pipeline.epoch_order(50, seed=4, epoch=1))
+  assert sorted(input_pipeline.epoch_order(50, seed=-1, epoch=0).tolist()) == list(range(50))
+
+
 def test_train_batches_rejects_indivisible_batch(data):
   with pytest.raises(ValueError, match='not divisible'):
     next(_train(data, process_count=3))
@@ -258,9 +334,7 @@ def test_train_preprocess_shape_and_dtype(shape):
   [
     ((20, 12), 1),  # Upscaling: PIL's bilinear is the same filter.
     ((90, 72), 1),  # More than 2x down: both antialias with a widened triangle.
-    # Less than 2x down: the pipeline skips antialiasing, PIL does not (on this
-    # smooth content that changes little).
-    ((48, 40), 3),
+    ((48, 40), 1),  # Less than 2x down: antialiased too, as PIL (and as eval).
   ],
 )
 def test_full_crop_without_flip_is_a_plain_resize(shape, atol):
@@ -355,6 +429,17 @@ def test_random_crop_is_a_random_square_of_the_resized_image():
     assert start.min() < 1.5 and (start + side).max() > 34.5  # anywhere in it,
     assert len(np.unique(np.round(start))) >= 8
   assert np.abs(top - left).max() > 3  # with independent rows and columns.
+
+
+@pytest.mark.parametrize('shape', [(20, 12), (48, 40), (40, 31), (90, 72), (70, 20)])
+def test_train_and_eval_resize_alike(shape):
+  # One filter rule for both: a train crop that covers the whole image, unflipped,
+  # is pixel for pixel the eval resize of that image.
+  image = tf.constant(_smooth_image(*shape, seed=3))
+  config = _config(crop_min=36, crop_max=36, random_flip=False)
+  want = input_pipeline.eval_preprocess(image, config).numpy()
+  got = input_pipeline.train_preprocess(image, _seed(0), config).numpy()
+  np.testing.assert_array_equal(got, want)
 
 
 def test_train_preprocess_rejects_crop_larger_than_resize():

@@ -1,15 +1,21 @@
 """Input pipeline: TFDS split -> per-process batches of uint8 images, labels, indices.
 
 Train stream (deterministic given the seed, resumable at any step):
-  * Epoch e is a fixed shuffle of the encoded split (seed derived from (seed, e)),
-    cut to `steps_per_epoch * global_batch` examples, so an epoch never repeats
-    an example and no two epochs overlap.
-  * Every process reads the same shuffled stream of *encoded* records and keeps
-    every P-th one (`shard` after `shuffle`), so the global batch at step t holds
-    the same examples whatever the number of processes; only decoding is split.
-  * Resuming at step t skips `t % steps_per_epoch` global batches of encoded
-    records (cheap: nothing is decoded), so the data order continues, it does not
-    replay.
+  * Epoch e reads the split in the order of `epoch_order(n, seed, e)`, a uniform
+    random permutation of the whole split drawn from (seed, e), cut to
+    `steps_per_epoch * global_batch` examples: an epoch never repeats an example,
+    and every example is equally likely at every position whatever the split's
+    size (a `tf.data` shuffle buffer smaller than the split cannot promise that:
+    with 16,384 slots, the last examples of a 20,000-example split never come
+    first). The records are read by position from the encoded split, which each
+    process holds in host memory (as large as the split's record files; the
+    images stay encoded).
+  * Every process follows the same order and keeps every P-th record (sharding
+    after the shuffle), so the global batch at step t holds the same examples
+    whatever the number of processes; only decoding is split.
+  * Resuming at step t starts the order at record `(t % steps_per_epoch) *
+    global_batch` (nothing is read or decoded to get there), so the data order
+    continues, it does not replay.
   * The random crop and flip of an example are drawn with stateless ops seeded by
     (seed, epoch, index): the same example gets the same augmentation whatever
     the parallelism.
@@ -89,13 +95,41 @@ def prepare(builder: tfds.core.DatasetBuilder, data_config: ml_collections.Confi
   builder.download_and_prepare(download_config=download_config)
 
 
-def _encoded(builder: tfds.core.DatasetBuilder, split: str, cache: bool) -> tf.data.Dataset:
-  ds = builder.as_dataset(
+def _encoded(builder: tfds.core.DatasetBuilder, split: str) -> tf.data.Dataset:
+  return builder.as_dataset(
     split=split,
     shuffle_files=False,
     decoders={'image': tfds.decode.SkipDecoding()},
   )
-  return ds.cache() if cache else ds
+
+
+# What the train stream reads of a record (not e.g. the synthetic `cue_boxes`).
+_TRAIN_KEYS = ('image', 'labels', 'index', 'image_id')
+
+
+def _split_in_memory(builder: tfds.core.DatasetBuilder, split: str) -> dict[str, tf.Tensor]:
+  """The split's encoded records as tensors of N rows, in stored order (for reading by position)."""
+  parts: dict[str, list[np.ndarray]] = {k: [] for k in _TRAIN_KEYS}
+  for batch in _encoded(builder, split).batch(4096).as_numpy_iterator():
+    for key in _TRAIN_KEYS:
+      parts[key].append(batch[key])
+  return {k: tf.constant(np.concatenate(v)) for k, v in parts.items()}
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """The order in which epoch `epoch` reads the train split: a uniform random permutation.
+
+  Args:
+    num_examples: N, the split's size.
+    seed: the run's seed.
+    epoch: the epoch (0-based).
+
+  Returns:
+    int64 [N]: record positions (0..N-1 in stored order), a permutation drawn from
+    (seed, epoch) alone, the same in every process.
+  """
+  rng = np.random.default_rng([seed % 2**64, epoch])  # SeedSequence wants non-negative words.
+  return rng.permutation(num_examples)
 
 
 def get_dataset_info(
@@ -127,17 +161,16 @@ def decode(encoded: tf.Tensor) -> tf.Tensor:
   return image
 
 
-def _resize(image: tf.Tensor, size: int, shrink_limit: int) -> tf.Tensor:
-  """Bilinear resize to size², antialiased only where an axis is longer than `shrink_limit`.
+def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
+  """Bilinear resize to size², antialiased (PIL's and torchvision's filter rule).
 
-  Antialiasing (PIL's bilinear: a triangle filter widened by the shrink factor)
-  costs ~3x a plain bilinear resize, so it is paid only where it matters. With
-  `shrink_limit = size` the result equals the antialiased resize up to float
-  rounding (on an axis that does not shrink both use the same triangle). With
-  `shrink_limit = 2 * size`, shrinks by less than 2x stay plain (bilinear still
-  reads every source pixel) and only stronger ones, which would alias, are filtered.
+  The one resize of train and eval, so a model sees the same filtering in both.
+  Antialiasing widens the bilinear triangle by the shrink factor on an axis that
+  shrinks; on an axis that does not, it is the same triangle as a plain bilinear
+  resize, which is then used (up to float rounding the same result, and ~3x
+  cheaper than the antialiasing kernel).
   """
-  shrinks = tf.reduce_any(tf.shape(image)[:2] > shrink_limit)
+  shrinks = tf.reduce_any(tf.shape(image)[:2] > size)
   return tf.cond(
     shrinks,
     lambda: tf.image.resize(image, [size, size], method='bilinear', antialias=True),
@@ -158,7 +191,8 @@ def train_preprocess(image: tf.Tensor, seed: tf.Tensor, data_config) -> tf.Tenso
   first resize and the crop are folded into one: the window of the original image
   that the square covers (rounded to whole source pixels, at most half a source
   pixel off) is sliced out and resized once to image_size² (one interpolation
-  instead of two, and 3x cheaper than `crop_and_resize`).
+  instead of two, and 3x cheaper than `crop_and_resize`), with the same
+  antialiasing rule as `eval_preprocess`.
 
   Args:
     image: uint8 [H, W, 3].
@@ -191,7 +225,7 @@ def train_preprocess(image: tf.Tensor, seed: tf.Tensor, data_config) -> tf.Tenso
   end = tf.cast(tf.round((corner + side_f) * scale), tf.int32)
   extent = tf.clip_by_value(end - start, 1, hw - start)
   window = tf.slice(image, tf.concat([start, [0]], 0), tf.concat([extent, [3]], 0))
-  out = _to_uint8(_resize(window, size, shrink_limit=2 * size))
+  out = _to_uint8(_resize(window, size))
   if data_config.random_flip:
     flip = tf.random.stateless_uniform([], seeds[3]) < 0.5
     out = tf.cond(flip, lambda: tf.reverse(out, axis=[1]), lambda: out)
@@ -208,7 +242,7 @@ def eval_preprocess(image: tf.Tensor, data_config) -> tf.Tensor:
   Returns:
     uint8 [image_size, image_size, 3].
   """
-  return _to_uint8(_resize(image, data_config.image_size, shrink_limit=data_config.image_size))
+  return _to_uint8(_resize(image, data_config.image_size))
 
 
 def normalize(images: jnp.ndarray, data_config, dtype=jnp.float32) -> jnp.ndarray:
@@ -268,19 +302,23 @@ def train_batches(
   split = data_config.train_split
   num_examples = builder.info.splits[split].num_examples
   spe = steps_per_epoch(num_examples, global_batch)
-  base = _encoded(builder, split, data_config.cache)
-  buffer = min(data_config.shuffle_buffer, num_examples)
+  stored = _split_in_memory(builder, split)
   epoch, offset = divmod(start_step, spe)
   bad: set[int] = set()  # Indices of corrupt images met by this process ('skip').
+
+  def read(positions):
+    return {k: tf.gather(v, positions) for k, v in stored.items()}
 
   while True:
 
     def records(epoch=epoch, offset=offset):
-      # One fixed shuffle per epoch, the same in every process.
-      ds = base.shuffle(buffer, seed=seed * 1_000_003 + epoch, reshuffle_each_iteration=False)
+      order = epoch_order(num_examples, seed, epoch)
       # 'skip' reads on past the epoch's cut to replace skipped images (see module doc).
-      ds = ds.repeat(2) if mode == 'skip' else ds.take(spe * global_batch)
-      ds = ds.skip(offset * global_batch).shard(process_count, process_index)
+      order = np.concatenate([order, order]) if mode == 'skip' else order[: spe * global_batch]
+      # Resume, then this process's share: the same cut of the same order everywhere.
+      order = order[offset * global_batch :][process_index::process_count]
+      # Gathered 256 at a time: one op call per key and block, not per record.
+      ds = tf.data.Dataset.from_tensor_slices(order).batch(256).map(read).unbatch()
       return _without(ds, bad)
 
     def prepare_example(ex, epoch=epoch):
@@ -356,7 +394,7 @@ def eval_batches(
   bad: set[int] = set()
 
   def records():
-    return _without(_encoded(builder, split, cache=False).shard(process_count, process_index), bad)
+    return _without(_encoded(builder, split).shard(process_count, process_index), bad)
 
   def prepare_example(ex):
     out = {
