@@ -1,4 +1,4 @@
-"""Trains and evaluates a jaxattr model.
+r"""Trains and evaluates a jaxattr model.
 
   python -m jaxattr.main --config=configs/demo.py --workdir=runs/demo
   python -m jaxattr.main --config=configs/wider.py:resnet50 --workdir=runs/wider \
