@@ -1,7 +1,7 @@
 """Throughput of the input pipeline (images/s) on WIDER-like and PETA-like JPEG crops.
 
-  PYTHONPATH=. python experiments/bench_input.py
-  PYTHONPATH=. python experiments/bench_input.py --data_root=/tmp/jaxattr_bench_input \
+  python -m experiments.bench_input
+  python -m experiments.bench_input --data_root=/tmp/jaxattr_bench_input \
       --kinds=wider --num_train=10000 --steps=250
 
 Builds once (cached in --data_root) a `custom_attributes` dataset per crop kind:

@@ -1,6 +1,6 @@
 """Times `jaxattr.metrics.compute_metrics` on a split of PA-100K-like size.
 
-  python experiments/bench_metrics.py [--num_examples=60000] [--num_classes=54]
+  python -m experiments.bench_metrics [--num_examples=60000] [--num_classes=54]
 
 Prints the best wall time of a few repeats; the target is well under a second.
 """

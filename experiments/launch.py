@@ -1,8 +1,8 @@
 """Runs an ablation sweep sequentially, one training subprocess per run; re-running resumes.
 
-  python experiments/launch.py --sweep=experiments/wider_table2.py:synthetic \
+  python -m experiments.launch --sweep=experiments/wider_table2.py:synthetic \
       --workdir=runs/table2
-  python experiments/launch.py --sweep=experiments/wider_table2.py --workdir=runs/table2 \
+  python -m experiments.launch --sweep=experiments/wider_table2.py --workdir=runs/table2 \
       --config.data.manual_dir=/data/wider_attribute --config.data.data_dir=/data/tfds
 
 A sweep file has `get_config(arg)` (the base config) and `sweep(add)`, which calls
@@ -19,6 +19,10 @@ becomes the run's value of that swept key (its short name or dotted name), e.g.
 keeps compile caches and host memory from growing over a long sweep. A run whose
 `results.json` exists is skipped; an interrupted run resumes from its checkpoint,
 since the training loop itself resumes. The output of run k is in `<run dir>/train.log`.
+
+Run it from the repository root: the sweep files import `experiments.sweeps`, and
+each run's subprocess starts there too (`python -m` puts the working directory on
+the import path).
 """
 
 import importlib.util
@@ -36,8 +40,6 @@ from typing import Any
 from absl import app, flags, logging
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # The sweep files import `configs`, which is not installed.
-  sys.path.insert(0, str(ROOT))
 
 _UNSAFE = re.compile(r'[^A-Za-z0-9._+=-]')
 
@@ -239,8 +241,6 @@ def launch(
   Returns:
     The names of the runs that failed.
   """
-  env = dict(os.environ)
-  env['PYTHONPATH'] = os.pathsep.join(filter(None, (str(ROOT), env.get('PYTHONPATH'))))
   run_dirs = sweep.run_dirs(workdir)
   todo = [k for k, d in enumerate(run_dirs) if not is_finished(d)]
   logging.info(
@@ -275,7 +275,7 @@ def launch(
     (run_dir / 'overrides.json').write_text(json.dumps(overrides) + '\n')
     start = time.time()
     with open(run_dir / 'train.log', 'a') as log:
-      code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+      code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     durations.append(time.time() - start)
     if code == 0 and is_finished(run_dir):
       logging.info('  done in %.0f s.', durations[-1])
@@ -317,9 +317,55 @@ def define_flags() -> None:
   flags.mark_flags_as_required(['sweep', 'workdir'])
 
 
+def check(sweep_spec: str, workdir: str, passthrough: Sequence[str] = ()) -> list[str]:
+  """Problems of the launcher's flags and of every run's resolved config, one line each.
+
+  A problem all runs share is reported once; one of some runs only is prefixed with
+  the run's name. The device count is the runs' business (not checked here).
+  """
+  import ast
+
+  from jaxattr import config_validation
+
+  problems = []
+  if Path(workdir).exists() and not Path(workdir).is_dir():
+    problems.append(f'--workdir: {workdir} is a file, not a folder')
+  try:
+    sweep = Sweep(sweep_spec)
+  except (OSError, ValueError, TypeError) as e:
+    return [*problems, f'--sweep: {e}']
+  names = short_keys([k for r in sweep.runs for k in r])
+  per_run = []
+  for run_name, overrides in zip(sweep.run_names, sweep.runs, strict=True):
+    config, found = sweep.base_config(), []
+    for arg in (*config_args(overrides), *passthrough):
+      key, _, text = substitute(arg, overrides, names)[len('--config.') :].partition('=')
+      try:
+        value = ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        value = text  # A bare string, as config_flags reads it.
+      *parents, leaf = key.split('.')
+      try:
+        node = config
+        for part in parents:
+          node = node[part]
+        node[leaf] = tuple(value) if isinstance(value, list) else value
+      except (KeyError, AttributeError, TypeError) as e:
+        found.append(f'config.{key}: cannot be set to {text!r} ({e})')
+    per_run.append((run_name, found + config_validation.validate(config)))
+  everywhere = set.intersection(*(set(p) for _, p in per_run)) if per_run else set()
+  problems += [p for p in per_run[0][1] if p in everywhere] if per_run else []
+  problems += [f'run {n}: {p}' for n, found in per_run for p in found if p not in everywhere]
+  return problems
+
+
 def main(argv):
   del argv
   f = flags.FLAGS
+  from jaxattr import config_validation  # Every bad flag or value, one line each; exit 2.
+
+  problems = check(f.sweep, f.workdir, _PASSTHROUGH)
+  config_validation.exit_if_problems(problems, 'experiments/launch.py')
   sweep = Sweep(f.sweep)
   failed = launch(sweep, f.workdir, _PASSTHROUGH, f.dry_run, f.stop_on_failure)
   if failed:

@@ -1,9 +1,9 @@
 """Table 4 of the paper: the components with a light backbone (DenseNet-121) on PETA.
 
-  python experiments/launch.py --sweep=experiments/peta_table4.py --workdir=runs/table4 \
+  python -m experiments.launch --sweep=experiments/peta_table4.py --workdir=runs/table4 \
       --config.data.manual_dir=/path/to/PETA --config.model.pretrained=pretrained/densenet121_v1
-  python experiments/launch.py --sweep=experiments/peta_table4.py:synthetic --workdir=runs/table4
-  python experiments/summarize.py --sweep=experiments/peta_table4.py --workdir=runs/table4
+  python -m experiments.launch --sweep=experiments/peta_table4.py:synthetic --workdir=runs/table4
+  python -m experiments.summarize --sweep=experiments/peta_table4.py --workdir=runs/table4
 
 Reading of the table (test F1; columns Class Weight | L_w | Attention |
 Multi-scale (feature aggr.) | Multi-scale (score aggr.)), each row adding one tick:
@@ -25,12 +25,12 @@ without a paper number.
 
 import ml_collections
 
-from configs import peta
-from experiments.wider_table2 import synthetic_base
+from experiments import sweeps
+from jaxattr.configs import peta
 
 _ATTENTION = {'loss.primary': 'weighted_focal', 'loss.attention': 'variance_weighted'}
 # (label, overrides, the paper's test F1 of DenseNet-121 on PETA; None = not in the table).
-ROWS = (
+ROWS: tuple[sweeps.Row, ...] = (
   (
     '1 class weights',
     {'model.attention.levels': (), 'loss.primary': 'weighted_bce', 'loss.attention': 'bce'},
@@ -75,7 +75,6 @@ ROWS = (
     None,
   ),
 )
-SEEDS = (0, 1, 2)
 PAPER_METRIC = 'f1'
 
 
@@ -91,7 +90,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     The base config; `sweep` sets the fields that differ between runs.
   """
   if arg == 'synthetic':
-    config = synthetic_base()
+    config = sweeps.synthetic_base()
     config.eval.metric = 'f1'
   else:
     config = peta.get_config(arg or None)
@@ -101,11 +100,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def sweep(add) -> None:
-  """Calls `add(**overrides)` for each row of `ROWS` times `SEEDS` (seed-major order).
+  """Calls `add(**overrides, seed=...)` for every row of `ROWS` times `sweeps.SEEDS`.
 
   Args:
     add: callback taking dotted config keys (and `seed`) as keyword arguments.
   """
-  for seed in SEEDS:
-    for _, overrides, _ in ROWS:
-      add(**overrides, seed=seed)
+  sweeps.add_runs(add, ROWS)

@@ -1,7 +1,7 @@
 """Preemption stress run: repeated SIGTERMs, automatic restarts, the same final state.
 
-  PYTHONPATH=. python experiments/stress_preemption.py
-  PYTHONPATH=. python experiments/stress_preemption.py --steps=500 --interval_s=60 \
+  python -m experiments.stress_preemption
+  python -m experiments.stress_preemption --steps=500 --interval_s=60 \
       --root=/tmp/jaxattr_stress
 
 Trains `configs/test.py` for `--steps` steps twice with `python -m jaxattr.main`:

@@ -1,6 +1,6 @@
 """Collects the results of a sweep into a markdown table, seeds aggregated.
 
-  python experiments/summarize.py --sweep=experiments/wider_table2.py:synthetic \
+  python -m experiments.summarize --sweep=experiments/wider_table2.py:synthetic \
       --workdir=runs/table2 --out=experiments/results/synthetic_table2.md
 
 One row per configuration (the overrides of a run without its `seed`): the test
@@ -14,7 +14,6 @@ budget, read from the runs' config.json, and their wall time.
 
 import json
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags, logging
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # Run as a script: make `experiments` and `configs` importable.
-  sys.path.insert(0, str(ROOT))
-
-from experiments import launch  # noqa: E402
+from experiments import launch
 
 _SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file, optionally with an argument: path[:arg].')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Root folder the sweep was launched into.')

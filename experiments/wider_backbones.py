@@ -24,7 +24,7 @@ backbone / head learning rates, warm-up + cosine, 30 epochs) as
 import ml_collections
 
 from configs import wider
-from experiments.wider_table2 import synthetic_base
+from experiments.sweeps import synthetic_base
 from jaxattr.models import registry
 
 PRIMARY_ONLY = {'model.attention.levels': (), 'loss.primary': 'bce', 'loss.attention': 'bce'}

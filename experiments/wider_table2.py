@@ -1,10 +1,10 @@
 """Table 2 (right) of the paper: what each component adds, ResNet-101 on WIDER-Attribute.
 
-  python experiments/launch.py --sweep=experiments/wider_table2.py --workdir=runs/table2 \
+  python -m experiments.launch --sweep=experiments/wider_table2.py --workdir=runs/table2 \
       --config.data.manual_dir=/path/to/wider_attribute          # the paper's setting (GPU)
-  python experiments/launch.py --sweep=experiments/wider_table2.py:synthetic \
+  python -m experiments.launch --sweep=experiments/wider_table2.py:synthetic \
       --workdir=runs/table2                                      # the CPU-scale ablation
-  python experiments/summarize.py --sweep=experiments/wider_table2.py:synthetic \
+  python -m experiments.summarize --sweep=experiments/wider_table2.py:synthetic \
       --workdir=runs/table2
 
 Reading of the table. Its text extraction shows six rows with ticks under
@@ -24,17 +24,16 @@ of the table: row 6 has "Multi-scale" but not "L_a"), and row 7 has both. Every
 row from 3 on keeps L_w on the primary logits; the aggregation is at score level
 and the confidence weighting is on wherever there is attention.
 
-Each row runs with `SEEDS` (initialisation and data order); the runs are ordered
-seed-major (all rows of seed 0, then of seed 1, ...), so a sweep cut short still
-has every row.
+Each row runs with `sweeps.SEEDS` (initialisation and data order), seed-major.
 """
 
 import ml_collections
 
-from configs import demo, wider
+from experiments import sweeps
+from jaxattr.configs import wider
 
 # (label, overrides, the paper's test mAP of ResNet-101 on WIDER-Attribute, docs/method.md).
-ROWS = (
+ROWS: tuple[sweeps.Row, ...] = (
   (
     '1 primary only, BCE',
     {'model.attention.levels': (), 'loss.primary': 'bce', 'loss.attention': 'bce'},
@@ -83,21 +82,8 @@ ROWS = (
     86.4,
   ),
 )
-SEEDS = (0, 1, 2)
 # The metric the paper reports for this table (a key of results.json's test dict).
 PAPER_METRIC = 'map_voc'
-
-# The CPU-scale budget: the demo's recipe, shortened so 21 runs fit in about an hour
-# on two shared cores. The same for every row: nothing is tuned per row.
-SYNTHETIC_EPOCHS = 6
-
-
-def synthetic_base() -> ml_collections.ConfigDict:
-  """configs/demo.py at `SYNTHETIC_EPOCHS`, without the attention figure (a sweep reads numbers)."""
-  config = demo.get_config()
-  config.train.num_epochs = SYNTHETIC_EPOCHS
-  config.eval.attention_grid = False
-  return config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -111,16 +97,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     The base config; `sweep` sets the fields that differ between runs.
   """
   if arg == 'synthetic':
-    return synthetic_base()
+    return sweeps.synthetic_base()
   return wider.get_config(arg)
 
 
 def sweep(add) -> None:
-  """Calls `add(**overrides)` for each run: every row of `ROWS` times `SEEDS`.
+  """Calls `add(**overrides, seed=...)` for every row of `ROWS` times `sweeps.SEEDS`.
 
   Args:
     add: callback taking dotted config keys (and `seed`) as keyword arguments.
   """
-  for seed in SEEDS:
-    for _, overrides, _ in ROWS:
-      add(**overrides, seed=seed)
+  sweeps.add_runs(add, ROWS)

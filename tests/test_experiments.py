@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import default
-from experiments import launch, summarize
+from experiments import launch, summarize, sweeps
 from jaxattr.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,6 +182,56 @@ def test_table2_run_names():
   assert names[6] == 'levels=3-4,primary=weighted_focal,attention=variance_weighted,seed=0'
   assert names[-1] == 'levels=3-4,primary=weighted_focal,attention=variance_weighted,seed=2'
   assert len(set(names)) == 21
+
+
+def test_add_runs_is_seed_major():
+  calls = []
+  rows = [('a', {'x': 1}, None), ('b', {'x': 2}, 80.0)]
+  sweeps.add_runs(lambda **run: calls.append(run), rows, seeds=(5, 6))
+  assert calls == [
+    {'x': 1, 'seed': 5},
+    {'x': 2, 'seed': 5},
+    {'x': 1, 'seed': 6},
+    {'x': 2, 'seed': 6},
+  ]
+
+
+# The experiments/ files this test vouches for: scripts run as modules (their
+# docstrings say so) and nothing edits the import path.
+SCRIPTS = ('launch', 'summarize', 'bench_input', 'bench_metrics', 'bench_synthetic')
+SCRIPTS += ('stress_preemption',)
+MODULES = ('sweeps', 'wider_table2', 'peta_table4')
+
+
+@pytest.mark.parametrize('name', SCRIPTS + MODULES)
+def test_no_import_path_edits(name):
+  text = (EXPERIMENTS / f'{name}.py').read_text()
+  assert 'sys.path' not in text
+  if name in SCRIPTS:
+    assert f'python -m experiments.{name}' in text and 'PYTHONPATH=.' not in text
+
+
+def test_launcher_runs_as_a_module(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  result = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'experiments.launch',
+      f'--sweep={EXPERIMENTS / "peta_table4.py"}:synthetic',
+      f'--workdir={tmp_path}',
+      '--dry_run',
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'Sweep peta_table4_synthetic: 21 runs, 0 finished, 21 to run' in result.stderr
+  assert not any(tmp_path.iterdir())  # A dry run writes nothing.
 
 
 def test_duplicate_runs_are_refused(tmp_path):
