@@ -1,11 +1,11 @@
 """Table 2 (left) of the paper: the primary network alone with five backbones, WIDER-Attribute.
 
-  python experiments/launch.py --sweep=experiments/wider_backbones.py --workdir=runs/backbones \
+  python -m experiments.launch --sweep=experiments/wider_backbones.py --workdir=runs/backbones \
       --config.data.manual_dir=/path/to/wider_attribute \
       --config.model.pretrained=pretrained/{backbone}_v1
-  python experiments/launch.py --sweep=experiments/wider_backbones.py:synthetic \
+  python -m experiments.launch --sweep=experiments/wider_backbones.py:synthetic \
       --workdir=runs/backbones                                   # CPU scale, 1/8 width
-  python experiments/summarize.py --sweep=experiments/wider_backbones.py --workdir=runs/backbones
+  python -m experiments.summarize --sweep=experiments/wider_backbones.py --workdir=runs/backbones
 
 "Primary network only" is the row 1 of Table 2 (right) with another backbone: no
 attention, plain BCE (ResNet-101 gives 83.7 in both halves of the table). The
