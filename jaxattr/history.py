@@ -119,46 +119,42 @@ def std(history: History, indices: Array) -> Array:
   return jax.lax.stop_gradient(jnp.where(enough, jnp.sqrt(radicand), 0.0))
 
 
-def first_occurrence(indices: Array, example_mask: Array) -> Array:
-  """Which batch rows are the first valid occurrence of their index.
+def first_occurrence(indices: Array) -> Array:
+  """Which batch rows are the first occurrence of their index.
 
   O(B²) pairwise comparison; fine for B <= 1024.
 
   Args:
     indices: int [B].
-    example_mask: bool [B]; False rows (padding) are neither written nor count as
-      an earlier occurrence.
 
   Returns:
-    bool [B]: valid and no earlier valid row has the same index.
+    bool [B]: no earlier row has the same index.
   """
   batch = indices.shape[0]
   same = indices[:, None] == indices[None, :]
   earlier = jnp.arange(batch)[None, :] < jnp.arange(batch)[:, None]  # [i, j]: j < i
-  duplicate = jnp.any(same & earlier & example_mask[None, :], axis=1)
-  return example_mask & ~duplicate
+  return ~jnp.any(same & earlier, axis=1)
 
 
 def update(
   history: History,
   indices: Array,
   probs: Array,
-  example_mask: Array,
   enabled: bool | Array,
 ) -> History:
   """Writes this step's probabilities into the ring buffer.
 
-  For every valid example, p goes into slot `count % K` and `count` grows by one.
-  Rule for an index that appears more than once in the batch (possible when
-  sampling with replacement or when a padded batch repeats rows): only its FIRST
-  valid occurrence in batch order is written, and its count grows by exactly one,
-  so the result is deterministic and never depends on scatter order.
+  For every example, p goes into slot `count % K` and `count` grows by one.
+  Rule for an index that appears more than once in the batch (a train batch holds
+  distinct examples, but a batch refilled after a skipped corrupt image reads past
+  the epoch's end): only its FIRST occurrence in batch order is written, and its
+  count grows by exactly one, so the result is deterministic and never depends on
+  scatter order.
 
   Args:
     history: the state from `init` / `update`.
     indices: int [B] dataset indices in [0, N).
     probs: float [S, B, C], see `source_probs`.
-    example_mask: bool [B]; False rows (padding) are never written.
     enabled: write at all (the caller passes `epoch >= history.start_epoch` as a
       traced bool during burn-in, so the step compiles once).
 
@@ -168,8 +164,7 @@ def update(
   buffer, count = history['probs'], history['count']
   num_examples, length = buffer.shape[1], buffer.shape[2]
   indices = jnp.asarray(indices, jnp.int32)
-  write = first_occurrence(indices, jnp.asarray(example_mask, bool))
-  write = write & jnp.asarray(enabled, bool)
+  write = first_occurrence(indices) & jnp.asarray(enabled, bool)
   # Rows that must not be written are sent out of bounds and dropped by the
   # scatter, which leaves one scatter with unique in-bound targets.
   target = jnp.where(write, indices, num_examples)

@@ -8,6 +8,8 @@ instead of re-initialising it (docs/method.md, "Recipe").
 
 from collections.abc import Callable
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 import optax.contrib
@@ -50,6 +52,52 @@ def make_optimizer(opt: ml_collections.ConfigDict) -> optax.GradientTransformati
     raise ValueError(f'optimizer.name must be one of {OPTIMIZERS}, not {opt.name!r}.')
 
   return optax.inject_hyperparams(make)(learning_rate=opt.learning_rate)
+
+
+def update(
+  params: dict,
+  grads: dict,
+  opt_state: dict,
+  opt: ml_collections.ConfigDict,
+  lr: jax.Array,
+  freeze_backbone: bool,
+) -> tuple[dict, dict]:
+  """One optimizer step of both parameter groups; pure.
+
+  Args:
+    params: the model parameters.
+    grads: their gradients.
+    opt_state: {'backbone': ..., 'heads': ...} optimizer states.
+    opt: `config.optimizer`.
+    lr: the heads' learning rate of this step (the backbone's is
+      `lr * opt.backbone_lr_scale`).
+    freeze_backbone: stage 1: the backbone and its optimizer state stay as they are.
+
+  Returns:
+    (new parameters, new optimizer states).
+  """
+  if opt.grad_clip_norm > 0:
+    # One global norm over all trainable parameters.
+    if freeze_backbone:
+      grads = {**grads, BACKBONE: jax.tree.map(jnp.zeros_like, grads[BACKBONE])}
+    grads, _ = optax.clip_by_global_norm(opt.grad_clip_norm).update(grads, None)
+  backbone_params, head_params = split_params(params)
+  backbone_grads, head_grads = split_params(grads)
+  opt_state = dict(opt_state)
+  tx = make_optimizer(opt)
+
+  def apply(part_params, part_grads, part_state, scale=1.0):
+    part_state.hyperparams['learning_rate'] = lr * scale
+    updates, part_state = tx.update(part_grads, part_state, part_params)
+    return optax.apply_updates(part_params, updates), part_state
+
+  head_params, opt_state['heads'] = apply(head_params, head_grads, opt_state['heads'])
+  if not freeze_backbone:
+    # Pretrained backbones are often fine-tuned at a fraction of the heads' rate.
+    backbone_params, opt_state[BACKBONE] = apply(
+      backbone_params, backbone_grads, opt_state[BACKBONE], opt.backbone_lr_scale
+    )
+  return {BACKBONE: backbone_params, **head_params}, opt_state
 
 
 def make_plateau(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:

@@ -3,13 +3,15 @@
 Training writes through this module and every tool (`evaluate`, `predict`,
 `export`, the experiment scripts) reads through it, so the layout lives here only:
 
-  config.json                  the resolved config (`write_config` / `load_config`)
+  config.json                  the resolved config (`record_config` / `load_config`)
   attributes.json              attribute names and train positive ratios, written when
                                training starts, so a run restores without its dataset
                                (`write_attributes` / `load_attributes`)
   checkpoints/<step>           the latest k train states (`checkpoint_dir('latest')`)
   best/<step>                  the state with the best validation metric (one kept)
   metrics.jsonl                one JSON object per logged step (`metrics_path`)
+  log.txt                      the full log of the run, libraries' INFO lines included
+                               (the console shows the run's own lines; `log_path`)
   results.json, results.md     the final validation and test metrics (`write_results`)
   attention.png                the end-of-run attention grid (`attention_path`)
   thresholds.json              per-attribute thresholds tuned by `jaxattr.evaluate
@@ -28,9 +30,11 @@ partial restore, `restore_variables`), so the optimizer state and the prediction
 history never reach memory.
 """
 
+import contextlib
 import dataclasses
 import fcntl
 import json
+import logging as std_logging
 import os
 import socket
 import sys
@@ -58,6 +62,7 @@ ATTENTION = 'attention.png'
 THRESHOLDS = 'thresholds.json'
 CONFIG_HISTORY = 'config_history.jsonl'
 LOCK = 'run.lock'
+LOG = 'log.txt'
 
 
 class RunError(Exception):
@@ -78,13 +83,6 @@ def _require_dir(workdir: Path) -> None:
 
 
 # --- config.json --------------------------------------------------------------------
-
-
-def write_config(workdir: str | Path, config: ml_collections.ConfigDict) -> Path:
-  """Writes the resolved config to `workdir/config.json`; returns the path."""
-  path = Path(workdir) / CONFIG
-  path.write_text(config.to_json_best_effort(indent=2) + '\n')
-  return path
 
 
 def _tuples(value: Any) -> Any:
@@ -323,6 +321,12 @@ def metrics_path(workdir: str | Path) -> Path:
   return Path(workdir) / METRICS
 
 
+def log_path(workdir: str | Path, process_index: int = 0) -> Path:
+  """The run's full log (libraries' lines included): `log.txt`, `log.<i>.txt` on process i > 0."""
+  name = LOG if process_index == 0 else f'log.{process_index}.txt'
+  return Path(workdir) / name
+
+
 def attention_path(workdir: str | Path) -> Path:
   """`workdir/attention.png`: the end-of-run attention grid."""
   return Path(workdir) / ATTENTION
@@ -346,10 +350,63 @@ def write_results(workdir: str | Path, results: dict[str, Any], markdown: str) -
   return path
 
 
-def load_results(workdir: str | Path) -> dict[str, Any] | None:
-  """The final results of a run, None if it has not finished (no results.json)."""
-  path = Path(workdir) / RESULTS
-  return json.loads(path.read_text()) if path.is_file() else None
+# Libraries whose INFO lines go to the log file only (TFDS writes four per evaluation).
+QUIET_LIBRARIES = ('tensorflow_datasets', 'tensorflow', 'jax', 'orbax')
+
+
+@contextlib.contextmanager
+def logging_to(workdir: str | Path):
+  """While active: every log line also goes to `log_path`; the console shows the run.
+
+  The console (absl's handler) drops the INFO lines of `QUIET_LIBRARIES`, so it
+  shows progress, metrics and checkpoints; their warnings and errors still show.
+
+  Args:
+    workdir: the run's workdir.
+
+  Yields:
+    Nothing; the handlers are removed on exit.
+  """
+  console = logging.get_absl_handler()
+  to_file = std_logging.FileHandler(log_path(workdir, jax.process_index()))
+  to_file.setFormatter(logging.PythonFormatter())
+  quiet = checkpoints.DropLibraryInfo(QUIET_LIBRARIES)
+  std_logging.getLogger().addHandler(to_file)
+  console.addFilter(quiet)
+  try:
+    yield
+  finally:
+    console.removeFilter(quiet)
+    std_logging.getLogger().removeHandler(to_file)
+    to_file.close()
+
+
+class MetricsWriter:
+  """The training loop's scalars: clu's writer (TensorBoard + log) and `metrics.jsonl`.
+
+  Process 0 writes both; the others only log.
+  """
+
+  def __init__(self, workdir: str | Path):
+    from clu import metric_writers  # Imports TensorFlow: only the loop writes.
+
+    self.is_main = jax.process_index() == 0
+    self.clu = metric_writers.create_default_writer(str(workdir), just_logging=not self.is_main)
+    self.jsonl = open(metrics_path(workdir), 'a') if self.is_main else None  # noqa: SIM115
+
+  def scalars(self, step: int, scalars: dict[str, float]) -> None:
+    """Writes `scalars` of `step` to both."""
+    scalars = {k: float(v) for k, v in scalars.items()}
+    self.clu.write_scalars(step, scalars)
+    if self.jsonl:
+      self.jsonl.write(metrics.to_json({'step': step, **scalars}) + '\n')
+      self.jsonl.flush()
+
+  def close(self) -> None:
+    """Flushes and closes both."""
+    self.clu.close()
+    if self.jsonl:
+      self.jsonl.close()
 
 
 def eval_report_path(workdir: str | Path, split: str, which: str) -> Path:

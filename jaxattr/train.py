@@ -13,10 +13,10 @@ the all-gather of the batch's (index, p) pairs into the replicated history), so
 the step reads as single-device code and computes the same function on any number
 of devices or hosts (`jaxattr.sharding`): results agree to float rounding (1e-5 over
 the first steps, tests/test_train.py), and over a run the rounding differences of
-the summation order grow, enough to move thresholded metrics. The optimizers and schedules are built by
-`jaxattr.optim`; evaluation (every epoch on the validation split, at the end on
-both) is `jaxattr.evaluation`; every file the run writes is named by
-`jaxattr.rundir`.
+the summation order grow, enough to move thresholded metrics. The optimizers and
+schedules are built by `jaxattr.optim`; evaluation (every epoch on the validation
+split, at the end on both) is `jaxattr.evaluation`; every file the run writes is
+named by `jaxattr.rundir`.
 
 TensorFlow feeds the input pipeline only: it (and clu's writers, which import it)
 is imported by the functions that read data or write logs, so the state, the step
@@ -54,7 +54,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 from flax import linen as nn
 
@@ -156,41 +155,17 @@ def train_step(
   (loss, (outputs, batch_stats, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
     state.params
   )
-  if config.optimizer.grad_clip_norm > 0:
-    # One global norm over all trainable parameters.
-    if freeze_backbone:
-      grads = {**grads, BACKBONE: jax.tree.map(jnp.zeros_like, grads[BACKBONE])}
-    grads, _ = optax.clip_by_global_norm(config.optimizer.grad_clip_norm).update(grads, None)
-
   lr = lr_fn(state.step) * state.plateau.scale
-  backbone_params, head_params = optim.split_params(state.params)
-  backbone_grads, head_grads = optim.split_params(grads)
-  opt_state = dict(state.opt_state)
-  tx = optim.make_optimizer(config.optimizer)
-
-  def apply(part_params, part_grads, part_state, scale=1.0):
-    part_state.hyperparams['learning_rate'] = lr * scale
-    updates, part_state = tx.update(part_grads, part_state, part_params)
-    return optax.apply_updates(part_params, updates), part_state
-
-  head_params, opt_state['heads'] = apply(head_params, head_grads, opt_state['heads'])
-  if not freeze_backbone:
-    # Pretrained backbones are often fine-tuned at a fraction of the heads' rate.
-    backbone_params, opt_state[BACKBONE] = apply(
-      backbone_params, backbone_grads, opt_state[BACKBONE], config.optimizer.backbone_lr_scale
-    )
-  params = {BACKBONE: backbone_params, **head_params}
+  params, opt_state = optim.update(
+    state.params, grads, state.opt_state, config.optimizer, lr, freeze_backbone
+  )
 
   new_history = state.history
   if num_sources:
     epoch = state.step // steps_per_epoch
     probs = hist.source_probs(outputs, config.history.source)
     new_history = hist.update(
-      state.history,
-      batch['index'],
-      probs,
-      jnp.ones(batch['index'].shape, bool),
-      epoch >= config.history.start_epoch,
+      state.history, batch['index'], probs, epoch >= config.history.start_epoch
     )
 
   new_state = state.replace(
@@ -447,29 +422,6 @@ class _Stop:
       signal.signal(sig, handler)
 
 
-class _Writer:
-  """clu writer (TensorBoard + log) plus a plain metrics.jsonl, process 0 only."""
-
-  def __init__(self, workdir: Path):
-    from clu import metric_writers  # Imports TensorFlow: only the loop writes.
-
-    self.is_main = jax.process_index() == 0
-    self.clu = metric_writers.create_default_writer(str(workdir), just_logging=not self.is_main)
-    self.jsonl = open(rundir.metrics_path(workdir), 'a') if self.is_main else None  # noqa: SIM115
-
-  def scalars(self, step: int, scalars: dict[str, float]) -> None:
-    scalars = {k: float(v) for k, v in scalars.items()}
-    self.clu.write_scalars(step, scalars)
-    if self.jsonl:
-      self.jsonl.write(metrics.to_json({'step': step, **scalars}) + '\n')
-      self.jsonl.flush()
-
-  def close(self) -> None:
-    self.clu.close()
-    if self.jsonl:
-      self.jsonl.close()
-
-
 def _check_finite(window: list[tuple[int, dict]]) -> None:
   """Raises on the first step of `window` with a non-finite loss (host sync)."""
   for step, m in window:
@@ -497,9 +449,14 @@ def train_and_evaluate(
   Returns:
     The final results (also written to workdir/results.json and results.md).
   """
-  start_time = time.time()
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  with rundir.logging_to(workdir):
+    return _train_and_evaluate(config, workdir, devices)
+
+
+def _train_and_evaluate(config, workdir: Path, devices) -> dict[str, Any]:
+  start_time = time.time()
   is_main = jax.process_index() == 0
 
   ex = create_experiment(config, devices)
@@ -521,7 +478,7 @@ def train_and_evaluate(
 
   from clu import periodic_actions  # Imports TensorFlow: only the loop reports.
 
-  writer = _Writer(workdir)
+  writer = rundir.MetricsWriter(workdir)
   report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer.clu)
   stop = _Stop(multiprocess=jax.process_count() > 1)
   step = int(state.step)

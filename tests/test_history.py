@@ -29,7 +29,7 @@ def _write_sequence(num_writes, seed=0):
   for _ in range(num_writes):
     probs = rng.random((S, 2, C)).astype(np.float32)
     writes.append(probs)
-    state = history.update(state, indices, probs, jnp.array([True, True]), True)
+    state = history.update(state, indices, probs, True)
   return state, writes
 
 
@@ -61,16 +61,14 @@ def test_std_does_not_count_zero_slots():
   # Two identical writes: variance 0, even though the 3 unwritten slots hold 0.
   state = history.init(1, 2, K, 1)
   for _ in range(2):
-    state = history.update(state, jnp.array([0]), jnp.full((1, 1, 1), 0.8), jnp.array([True]), True)
+    state = history.update(state, jnp.array([0]), jnp.full((1, 1, 1), 0.8), True)
   np.testing.assert_array_equal(history.std(state, jnp.array([0])), np.zeros((1, 1, 1)))
 
 
 def test_ring_wrap_position():
   state = history.init(1, 1, 3, 1)
   for step in range(5):  # Values 0, 1, 2 fill slots 0..2; 3 and 4 overwrite slots 0, 1.
-    state = history.update(
-      state, jnp.array([0]), jnp.full((1, 1, 1), float(step)), jnp.array([True]), True
-    )
+    state = history.update(state, jnp.array([0]), jnp.full((1, 1, 1), float(step)), True)
   np.testing.assert_array_equal(state['probs'][0, 0, :, 0], [3.0, 4.0, 2.0])
   assert int(state['count'][0]) == 5
 
@@ -78,10 +76,10 @@ def test_ring_wrap_position():
 def test_burn_in_leaves_history_unchanged():
   state, _ = _write_sequence(2)
   probs = jnp.full((S, 2, C), 0.25)
-  after = history.update(state, jnp.array([3, 4]), probs, jnp.array([True, True]), False)
+  after = history.update(state, jnp.array([3, 4]), probs, False)
   np.testing.assert_array_equal(after['probs'], state['probs'])
   np.testing.assert_array_equal(after['count'], state['count'])
-  after = history.update(state, jnp.array([3, 4]), probs, jnp.array([True, True]), jnp.array(False))
+  after = history.update(state, jnp.array([3, 4]), probs, jnp.array(False))
   np.testing.assert_array_equal(after['probs'], state['probs'])
   np.testing.assert_array_equal(after['count'], state['count'])
 
@@ -90,34 +88,10 @@ def test_duplicate_indices_first_occurrence_written_once():
   state = history.init(1, 4, K, 1)
   indices = jnp.array([2, 0, 2, 2, 0])
   probs = jnp.array([0.1, 0.2, 0.3, 0.4, 0.5]).reshape(1, 5, 1)
-  state = history.update(state, indices, probs, jnp.ones(5, bool), True)
+  state = history.update(state, indices, probs, True)
   np.testing.assert_array_equal(state['count'], [1, 0, 1, 0])
   np.testing.assert_allclose(state['probs'][0, 2, :, 0], [0.1, 0, 0, 0, 0])
   np.testing.assert_allclose(state['probs'][0, 0, :, 0], [0.2, 0, 0, 0, 0])
-
-
-def test_masked_first_occurrence_defers_to_next_valid():
-  state = history.init(1, 4, K, 1)
-  indices = jnp.array([2, 2, 1, 3])
-  probs = jnp.array([0.1, 0.2, 0.3, 0.4]).reshape(1, 4, 1)
-  mask = jnp.array([False, True, True, False])
-  state = history.update(state, indices, probs, mask, True)
-  # Row 0 is padding, so row 1 is the first valid occurrence of index 2; row 3
-  # (padding) never writes index 3.
-  np.testing.assert_array_equal(state['count'], [0, 1, 1, 0])
-  np.testing.assert_allclose(state['probs'][0, 2, 0, 0], 0.2)
-  np.testing.assert_allclose(state['probs'][0, 1, 0, 0], 0.3)
-  np.testing.assert_array_equal(state['probs'][0, 3], np.zeros((K, 1)))
-  np.testing.assert_array_equal(state['probs'][0, 0], np.zeros((K, 1)))
-
-
-def test_padded_rows_with_out_of_range_indices_never_written():
-  state = history.init(1, 3, K, 1)
-  indices = jnp.array([0, -1, 3])  # Pad rows may carry any index.
-  probs = jnp.array([0.5, 0.6, 0.7]).reshape(1, 3, 1)
-  state = history.update(state, indices, probs, jnp.array([True, False, False]), True)
-  np.testing.assert_array_equal(state['count'], [1, 0, 0])
-  np.testing.assert_allclose(state['probs'][0, :, 0, 0], [0.5, 0.0, 0.0])
 
 
 def test_under_jit_matches_numpy_reference():
@@ -129,14 +103,13 @@ def test_under_jit_matches_numpy_reference():
   ref = [[] for _ in range(n)]
   for step in range(steps):
     indices = rng.integers(0, n, size=4)
-    mask = rng.random(4) < 0.8
     probs = rng.random((1, 4, c)).astype(np.float32)
     enabled = step >= 1  # Burn-in of one step, passed as a traced bool.
-    state = update(state, jnp.asarray(indices), probs, jnp.asarray(mask), jnp.asarray(enabled))
+    state = update(state, jnp.asarray(indices), probs, jnp.asarray(enabled))
     if enabled:
       seen = set()
       for b in range(4):
-        if mask[b] and indices[b] not in seen:
+        if indices[b] not in seen:
           seen.add(indices[b])
           ref[indices[b]].append(probs[0, b])
   assert update._cache_size() == 1

@@ -91,6 +91,15 @@ def test_main_writes_everything(data_dir, tmp_path):
   assert config['model']['backbone'] == 'resnet18'
   # Orbax's INFO chatter (about 20 lines per save) is filtered; our own lines stay.
   assert 'new best validation map' in proc.stderr
+  # The console shows the run: TFDS's lines of every evaluation go to the log file.
+  log = (workdir / 'log.txt').read_text()
+  for chatter in ('Constructing tf.data.Dataset', 'Creating a tf.data.Dataset'):
+    assert chatter not in proc.stderr and chatter in log, chatter
+  assert 'new best validation map' in log
+  # The final lines give the pointing game beside its chance level, as results.json.
+  game = results['test']['pointing_game']['mask_4']
+  assert f'Test pointing game mask_4: {100 * game["overall"]:.1f} % (chance' in proc.stderr
+  assert 0 < game['chance'] < 1
   for orbax_file in ('checkpoint_manager.py', 'async_checkpointer.py', 'event_tracking.py'):
     assert f'{orbax_file}:' not in proc.stderr, orbax_file
 
