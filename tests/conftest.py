@@ -34,11 +34,11 @@ jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 @pytest.fixture(scope='session')
 def data_dir(tmp_path_factory) -> str:
-  """The tiny synthetic dataset of configs/test.py, generated once per session.
+  """The tiny synthetic dataset of configs/test.py (`synthetic_attributes/tiny`), built once.
 
   Shared by every test that asks for it: treat it as read-only (copy it to damage it).
   """
-  from configs import test as test_config
+  from jaxattr.configs import test as test_config
   from jaxattr.data import input_pipeline
 
   path = tmp_path_factory.mktemp('tfds')
@@ -58,7 +58,7 @@ def make_config(data_dir: str, **overrides: Any):
   Returns:
     The config.
   """
-  from configs import test as test_config
+  from jaxattr.configs import test as test_config
 
   config = test_config.get_config()
   config.data.data_dir = data_dir

@@ -273,11 +273,10 @@ def test_redraw_matches_generate():
 
 
 @pytest.fixture(scope='module')
-def tiny(tmp_path_factory):
-  builder = tfds.builder(
-    'synthetic_attributes', config='tiny', data_dir=str(tmp_path_factory.mktemp('tfds'))
-  )
-  builder.download_and_prepare()
+def tiny(data_dir):
+  """The `tiny` config, prepared once per session by conftest's `data_dir`."""
+  builder = synthetic.SyntheticAttributes(config='tiny', data_dir=data_dir)
+  assert builder.is_prepared()
   return builder
 
 
