@@ -99,3 +99,17 @@ def test_train_and_eval_steps_run_without_tensorflow():
     """
   )
   assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr[-3000:]
+
+
+def test_evaluate_imports_no_training_code():
+  """`jaxattr.evaluate` re-uses the evaluation module; the train state and loop stay out."""
+  proc = _run(
+    """
+    import jaxattr.evaluate, jaxattr.evaluation, jaxattr.metrics, jaxattr.rundir, jaxattr.sharding
+    import jaxattr.export, jaxattr.predict
+    training = [m for m in ('jaxattr.train', 'jaxattr.optim', 'jaxattr.losses') if m in sys.modules]
+    assert not training, training
+    print('ok')
+    """
+  )
+  assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr[-3000:]

@@ -14,7 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import test as test_config
-from jaxattr import checkpoints, losses, metrics, train
+from jaxattr import checkpoints, inference, losses, metrics, train
 from jaxattr.data import input_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,7 +217,7 @@ def test_history_burn_in_and_attention_loss(data_dir):
   assert seen[idx].any()
   std = train.history_std(state.history, jnp.asarray(idx), 2)
   assert float(jnp.max(std)) > 0
-  images = input_pipeline.normalize(jnp.asarray(batch['image']), config.data)
+  images = inference.normalize(jnp.asarray(batch['image']), config.data)
   out = ex.model.apply(
     {'params': state.params, 'batch_stats': state.batch_stats}, images, train=False
   )
@@ -278,7 +278,7 @@ def test_eval_metrics_are_exact(data_dir):
   params = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
   for example in tfds.as_numpy(ds):
     image = input_pipeline.eval_preprocess(example['image'], config.data).numpy()
-    x = input_pipeline.normalize(jnp.asarray(image)[None], config.data)
+    x = inference.normalize(jnp.asarray(image)[None], config.data)
     out = ex.model.apply(params, x, train=False)
     probs[example['index']] = np.asarray(jax.nn.sigmoid(out['logits'][0]))
     labels[example['index']] = example['labels']
