@@ -350,8 +350,10 @@ def check(sweep_spec: str, workdir: str, passthrough: Sequence[str] = ()) -> lis
         for part in parents:
           node = node[part]
         node[leaf] = tuple(value) if isinstance(value, list) else value
-      except (KeyError, AttributeError, TypeError) as e:
-        found.append(f'config.{key}: cannot be set to {text!r} ({e})')
+      except KeyError:
+        found.append(f'config.{key}: no such field')
+      except (AttributeError, TypeError) as e:
+        found.append(f'config.{key}: cannot be set to {text!r}: {e}')
     per_run.append((run_name, found + config_validation.validate(config)))
   everywhere = set.intersection(*(set(p) for _, p in per_run)) if per_run else set()
   problems += [p for p in per_run[0][1] if p in everywhere] if per_run else []

@@ -105,6 +105,70 @@ def divisible_batch(name: str, value: Any, num_devices: int | None) -> str | Non
   return f'{name}: must be a positive multiple of {devices} devices, got {value!r}'
 
 
+def _run_folder(name: str, value: str | None, required: bool = True) -> str | None:
+  if not value:
+    return f'{name}: required' if required else None
+  return check_dir(name, value)
+
+
+def _device_count() -> int:
+  import jax
+
+  return jax.device_count()
+
+
+def evaluate_flags(flags: Any) -> list[str]:
+  """Problems of `jaxattr.evaluate`'s flags (--workdir, --split, --batch_size, --data_dir)."""
+  problems = [_run_folder('--workdir', flags.workdir)]
+  if not flags.split:
+    problems.append('--split: must not be empty')
+  if flags.batch_size is not None:
+    problems.append(divisible_batch('--batch_size', flags.batch_size, _device_count()))
+  if flags.data_dir:
+    problems.append(check_dir('--data_dir', flags.data_dir))
+  return [p for p in problems if p]
+
+
+def predict_flags(flags: Any, inputs: Sequence[str]) -> list[str]:
+  """Problems of `jaxattr.predict`'s flags and inputs (the images are checked one by one later)."""
+  problems = []
+  if bool(flags.workdir) == bool(flags.exported):
+    problems.append('--workdir, --exported: give exactly one of them')
+  elif flags.workdir:
+    problems.append(_run_folder('--workdir', flags.workdir))
+  elif not Path(flags.exported).expanduser().is_file():
+    problems.append(f'--exported: no such file: {flags.exported}')
+  problems.append(check_int('--batch_size', flags.batch_size, 1))
+  problems.append(check_int('--top_k', flags.top_k, 1))
+  if not inputs:
+    problems.append('inputs: give at least one image or folder after the flags')
+  return [p for p in problems if p]
+
+
+EXPORT_PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
+
+
+def export_flags(flags: Any) -> list[str]:
+  """Problems of `jaxattr.export`'s flags (--workdir, --output, --batch_size, --platforms)."""
+  problems = [_run_folder('--workdir', flags.workdir)]
+  if not flags.output:
+    problems.append('--output: required')
+  else:
+    output = Path(flags.output).expanduser()
+    if output.is_dir():
+      problems.append(f'--output: {flags.output} is a folder; give a file name')
+    elif not output.parent.is_dir():
+      problems.append(f'--output: no such folder: {output.parent}')
+  problems.append(check_int('--batch_size', flags.batch_size, 0))
+  unknown = [p for p in flags.platforms or () if p not in EXPORT_PLATFORMS]
+  if unknown or not flags.platforms:
+    problems.append(
+      f'--platforms: each must be one of {", ".join(EXPORT_PLATFORMS)}; got '
+      f'{",".join(flags.platforms or ()) or "nothing"}'
+    )
+  return [p for p in problems if p]
+
+
 # --- Registries -----------------------------------------------------------------------
 
 
@@ -371,6 +435,8 @@ def _check_optimisation(c: _Checker) -> None:
   c.boolean('optimizer.nesterov')
   c.number('optimizer.weight_decay', 0)
   c.number('optimizer.grad_clip_norm', 0)
+  if 'backbone_lr_scale' in c.config.optimizer:
+    c.number('optimizer.backbone_lr_scale', 0)
 
   schedule = c.choice('schedule.name', _schedules())
   factor = c.number('schedule.factor', 0, open_low=True)

@@ -251,8 +251,9 @@ def main(argv: Sequence[str]) -> int:
 
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not FLAGS.workdir:
-    raise app.UsageError('--workdir is required.')
+  from jaxattr import config_validation  # Every bad flag, one line each; exit code 2.
+
+  config_validation.exit_if_problems(config_validation.evaluate_flags(FLAGS), 'jaxattr.evaluate')
   # A command-line tool: warnings and errors only, unless --verbosity asks for more.
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)

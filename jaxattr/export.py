@@ -218,8 +218,9 @@ def main(argv: Sequence[str]) -> int:
 
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not FLAGS.workdir or not FLAGS.output:
-    raise app.UsageError('--workdir and --output are required.')
+  from jaxattr import config_validation  # Every bad flag, one line each; exit code 2.
+
+  config_validation.exit_if_problems(config_validation.export_flags(FLAGS), 'jaxattr.export')
   try:
     header = export_run(
       FLAGS.workdir,

@@ -295,12 +295,12 @@ def main(argv: Sequence[str]) -> int:
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Before TensorFlow is first imported.
-  from jaxattr import inference, rundir
+  from jaxattr import config_validation, inference, rundir
 
   inputs = argv[1:]
-  if bool(FLAGS.workdir) == bool(FLAGS.exported):
-    sys.stderr.write('error: give exactly one of --workdir and --exported.\n')
-    return 2
+  # Every bad flag, one line each; exit code 2.
+  problems = config_validation.predict_flags(FLAGS, inputs)
+  config_validation.exit_if_problems(problems, 'jaxattr.predict')
   try:
     box = parse_box(FLAGS.box)
     if FLAGS.exported:

@@ -8,6 +8,7 @@ problem, and a workdir that is never created.
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,85 @@ def test_cli_reports_every_problem_and_creates_no_workdir(tmp_path):
   ]
   assert 'Traceback' not in proc.stderr
   assert not (tmp_path / 'parent').exists()
+
+
+def _flags(**values):
+  return types.SimpleNamespace(**values)
+
+
+def test_evaluate_flags_one_line_each(tmp_path):
+  flags = _flags(workdir=str(tmp_path / 'nope'), split='', batch_size=0, data_dir=str(tmp_path))
+  assert config_validation.evaluate_flags(flags) == [
+    f'--workdir: no such folder: {tmp_path / "nope"}',
+    '--split: must not be empty',
+    '--batch_size: must be a positive multiple of 4 devices, got 0',
+  ]
+
+
+def test_predict_flags_one_line_each(tmp_path):
+  both = _flags(workdir=str(tmp_path), exported='m.bin', batch_size=0, top_k=0)
+  assert config_validation.predict_flags(both, []) == [
+    '--workdir, --exported: give exactly one of them',
+    '--batch_size: must be a positive integer, got 0',
+    '--top_k: must be a positive integer, got 0',
+    'inputs: give at least one image or folder after the flags',
+  ]
+  missing = _flags(workdir=None, exported=str(tmp_path / 'm.bin'), batch_size=8, top_k=3)
+  assert config_validation.predict_flags(missing, ['a.png']) == [
+    f'--exported: no such file: {tmp_path / "m.bin"}'
+  ]
+
+
+def test_export_flags_one_line_each(tmp_path):
+  flags = _flags(
+    workdir=None, output=str(tmp_path / 'no' / 'm.bin'), batch_size=-1, platforms=['cpu', 'gpu']
+  )
+  assert config_validation.export_flags(flags) == [
+    '--workdir: required',
+    f'--output: no such folder: {tmp_path / "no"}',
+    '--batch_size: must be an integer >= 0, got -1',
+    '--platforms: each must be one of cpu, cuda, rocm, tpu; got cpu,gpu',
+  ]
+
+
+def test_tool_cli_reports_every_bad_flag_with_exit_code_2(tmp_path):
+  proc = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'jaxattr.export',
+      f'--workdir={tmp_path / "nope"}',
+      f'--output={tmp_path}',
+      '--platforms=gpu',
+    ],
+    cwd=REPO,
+    env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL='2', JAX_PLATFORMS='cpu'),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert proc.stderr.strip().splitlines()[-4:] == [
+    'jaxattr.export: 3 problems, nothing was done:',
+    f'--workdir: no such folder: {tmp_path / "nope"}',
+    f'--output: {tmp_path} is a folder; give a file name',
+    '--platforms: each must be one of cpu, cuda, rocm, tpu; got gpu',
+  ]
+
+
+def test_sweep_launcher_checks_every_run_before_launching(tmp_path):
+  from experiments import launch
+
+  sweep = 'experiments/wider_table2.py:synthetic'
+  assert launch.check(sweep, str(tmp_path)) == []
+  blocker = tmp_path / 'file'
+  blocker.write_text('')
+  passthrough = ['--config.train.batch_size=0', '--config.nosuch.x=1']
+  assert launch.check(sweep, str(blocker), passthrough) == [
+    f'--workdir: {blocker} is a file, not a folder',
+    'config.nosuch.x: no such field',
+    'config.train.batch_size: must be a positive integer, got 0',
+  ]
+  assert launch.check('experiments/nope.py', str(tmp_path)) == [
+    '--sweep: Sweep file experiments/nope.py not found.'
+  ]
