@@ -8,6 +8,7 @@ decode it, or the test process would need that memory.
 import io
 import json
 
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -125,3 +126,22 @@ def test_predict_names_the_oversized_image_and_predicts_the_others(huge_png, tmp
   # White and black constant images (JPEG keeps a constant block within 1 level).
   np.testing.assert_allclose(records[0]['probabilities']['bright'], 1.0, atol=1 / 255)
   np.testing.assert_allclose(records[1]['probabilities']['bright'], 0.0, atol=1 / 255)
+
+
+def test_the_config_limit_reaches_the_manual_builders(huge_png, tmp_path):
+  from jaxattr.data import input_pipeline
+
+  root = tmp_path / 'raw'
+  _manual(root, huge_png)
+  data = ml_collections.ConfigDict(
+    {
+      'name': 'custom_attributes',
+      'builder_config': '',
+      'data_dir': str(tmp_path / 'tfds'),
+      'manual_dir': str(root),
+      'max_image_pixels': 59,
+    }
+  )
+  builder = input_pipeline.get_builder(data)
+  with pytest.raises(DataError, match=f'{root / "a.jpg"}: image of 6x10 pixels'):
+    input_pipeline.prepare(builder, data)

@@ -54,7 +54,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 # The builder modules register their datasets with TFDS when imported.
-from jaxattr.data import common, custom, pa100k, peta, rap2, synthetic, wider  # noqa: F401
+from jaxattr.data import common, custom, manual, pa100k, peta, rap2, synthetic, wider  # noqa: F401
 
 BAD_IMAGE_MODES = ('fail', 'skip')
 
@@ -75,12 +75,19 @@ class DatasetInfo:
 
 
 def get_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-  """The TFDS builder named by the config (jaxattr's builders are registered)."""
+  """The TFDS builder named by the config (jaxattr's builders are registered).
+
+  A builder over a manual download also gets `data.max_image_pixels` (when the
+  config has it): larger images are refused by name (`jaxattr.data.images`).
+  """
   kwargs = {}
   if data_config.builder_config:
     kwargs['config'] = data_config.builder_config
   if data_config.data_dir:
     kwargs['data_dir'] = data_config.data_dir
+  limit = data_config.get('max_image_pixels')
+  if limit and issubclass(tfds.builder_cls(data_config.name), manual.ManualDirBuilder):
+    kwargs['max_image_pixels'] = limit
   return tfds.builder(data_config.name, **kwargs)
 
 

@@ -147,7 +147,7 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._bad_images: list[tuple[str, str, str]] = []
     self._given_manual_dir = manual_dir
     # The folder `download_and_prepare` resolved (so errors can name it).
-    self._manual_dir: Path | None = None
+    self._resolved_manual_dir: Path | None = None
     self._data_names: tuple[str, ...] | None = None
     self._info_cache: tfds.core.DatasetInfo | None = None
     super().__init__(**kwargs)
@@ -173,7 +173,7 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _manual_root(self, dl_manager: tfds.download.DownloadManager) -> Path:
     """The user's folder; a `DataError` naming it if it is absent or empty."""
-    root = self._manual_dir
+    root = self._resolved_manual_dir
     if root is not None and not (root.is_dir() and any(root.iterdir())):
       raise self._error(root, [f'{root} (the folder does not exist or is empty)'])
     try:
@@ -305,14 +305,14 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # Resolved here, as TFDS would (`<download_dir>/manual`), and handed to TFDS
     # explicitly: the builder then knows the folder without reading TFDS internals.
     downloads = Path(os.fspath(download_dir or self.data_dir_root / 'downloads'))
-    self._manual_dir = Path(os.fspath(given or downloads / 'manual'))
-    config = dataclasses.replace(config, manual_dir=self._manual_dir)
+    self._resolved_manual_dir = Path(os.fspath(given or downloads / 'manual'))
+    config = dataclasses.replace(config, manual_dir=self._resolved_manual_dir)
     if self.NAMES_FROM_DATA:
       if self.data_path.exists() and not config.download_mode.overwrite_dataset:
         if given is not None:
-          self._check_prepared(self._manual_dir)
+          self._check_prepared(self._resolved_manual_dir)
       else:
-        names = tuple(self._read_attribute_names(self._manual_dir))
+        names = tuple(self._read_attribute_names(self._resolved_manual_dir))
         if names != self._data_names:
           self._data_names = names
           self._rebuild_info()
