@@ -239,6 +239,11 @@ def test_python_command(item):
       assert importlib.util.find_spec(name) is not None, f'{where}: no module {name}'
   elif not PLACEHOLDER.search(name):
     assert (ROOT / name).is_file(), f'{where}: no script {name}'
+    package = (ROOT / name).parent
+    assert not (package / '__init__.py').is_file(), (
+      f'{where}: {name} is in a package and imports it: run it as '
+      f'python -m {Path(name).with_suffix("").as_posix().replace("/", ".")}'
+    )
   source = module_file(kind, name)
   if source is None or not source.is_file():
     return  # Not the repo's (venv, pytest): its flags are not ours to check.
