@@ -1,4 +1,4 @@
-"""Throughput of the input pipeline (images/s) on WIDER-like and PETA-like JPEG crops.
+r"""Throughput of the input pipeline (images/s) on WIDER-like and PETA-like JPEG crops.
 
   python -m experiments.bench_input
   python -m experiments.bench_input --data_root=/tmp/jaxattr_bench_input \

@@ -1,4 +1,4 @@
-"""Benchmark (and look at) the synthetic pedestrian dataset.
+r"""Benchmark (and look at) the synthetic pedestrian dataset.
 
 Prints the drawing + JPEG-encoding throughput of one process and the wall time of
 a full `download_and_prepare` of a builder config into a temp dir.

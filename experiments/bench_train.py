@@ -1,4 +1,4 @@
-"""Speed of the real train and eval steps on this machine, and the method's overhead.
+r"""Speed of the real train and eval steps on this machine, and the method's overhead.
 
   python experiments/bench_train.py --backbone=resnet50 --batch=8 --image_size=224
   python experiments/bench_train.py --backbone=vit_b_16,swin_t,convnext_tiny,resnet50 \

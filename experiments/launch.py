@@ -1,4 +1,4 @@
-"""Runs an ablation sweep sequentially, one training subprocess per run; re-running resumes.
+r"""Runs an ablation sweep sequentially, one training subprocess per run; re-running resumes.
 
   python -m experiments.launch --sweep=experiments/wider_table2.py:synthetic \
       --workdir=runs/table2

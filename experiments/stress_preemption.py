@@ -1,4 +1,4 @@
-"""Preemption stress run: repeated SIGTERMs, automatic restarts, the same final state.
+r"""Preemption stress run: repeated SIGTERMs, automatic restarts, the same final state.
 
   python -m experiments.stress_preemption
   python -m experiments.stress_preemption --steps=500 --interval_s=60 \

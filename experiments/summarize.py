@@ -1,4 +1,4 @@
-"""Collects the results of a sweep into a markdown table, seeds aggregated.
+r"""Collects the results of a sweep into a markdown table, seeds aggregated.
 
   python -m experiments.summarize --sweep=experiments/wider_table2.py:synthetic \
       --workdir=runs/table2 --out=experiments/results/synthetic_table2.md

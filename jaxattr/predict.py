@@ -1,4 +1,4 @@
-"""Predicts the attributes of person images with a trained run or an exported model.
+r"""Predicts the attributes of person images with a trained run or an exported model.
 
   python -m jaxattr.predict --workdir=runs/demo person.jpg
   python -m jaxattr.predict --workdir=runs/demo photos/ --json > predictions.jsonl
