@@ -21,6 +21,9 @@
 # JAXATTR_SLURM_KEEP=1 keeps the temporary folder; JAXATTR_SLURM_TIMEOUT_S (default 900) bounds
 # each wait.
 set -euo pipefail
+# All of it in one block: bash parses a block whole before running it, so editing this file
+# while it runs cannot change what runs.
+{
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PYTHON=${PYTHON:-$(command -v python || command -v python3)}
@@ -61,6 +64,7 @@ chmod 755 "$TMP" # munged requires its socket's folder to be searchable by every
 MARK="JAXATTR_SLURM_LOCAL=$TMP" # In the environment of every process the cluster starts.
 PIDS=()                          # Daemons started here, in start order.
 JOBS=()
+REFERENCE= # The 1-process run, while it runs.
 say "temporary folder $TMP"
 
 # Processes whose environment holds MARK (the daemons, their job steps, the job's tasks).
@@ -99,6 +103,7 @@ cleanup() {
   local code=$? i pid
   trap - EXIT INT TERM
   set +e
+  [[ -n $REFERENCE ]] && stop_pids "$REFERENCE"
   if ((${#JOBS[@]})); then scancel "${JOBS[@]}" 2>/dev/null; fi
   # Let the jobs' steps end (SIGTERM: they checkpoint; SIGKILL after KillWait) before the
   # daemons go.
@@ -247,9 +252,12 @@ grep -q 'Stopped at step' "$LOG" || die "the job's tasks did not checkpoint on t
 
 # 3. The reference: one process, two devices, the same config.
 say 'training the same config in one process with 2 devices'
+# In the background: a trapped signal ends `wait` at once (not a foreground command).
 JAX_NUM_CPU_DEVICES=2 "$PYTHON" -m jaxattr.main "${OVERRIDES[@]}" --workdir="$TMP/reference" \
-  --config.data.data_dir="$TMP/tfds" >"$TMP/reference.out" 2>&1 ||
-  die "the 1-process run failed: $(tail -5 "$TMP/reference.out")"
+  --config.data.data_dir="$TMP/tfds" >"$TMP/reference.out" 2>&1 &
+REFERENCE=$!
+wait "$REFERENCE" || die "the 1-process run failed: $(tail -5 "$TMP/reference.out")"
+REFERENCE=
 "$PYTHON" - "$TMP/slurm_run/results.json" "$TMP/reference/results.json" <<'EOF'
 """Prints the two runs' test metrics side by side; exits 1 unless all agree to 1e-5."""
 import json
@@ -286,3 +294,5 @@ print(f'{verdict}: {len(diffs)} test metrics (incl. per attribute), largest diff
 sys.exit(verdict != 'OK')
 EOF
 say "done: job $JOB preempted and requeued (Restarts=$restarts), then finished"
+exit 0
+}
