@@ -192,21 +192,16 @@ class LayerNorm2d(nn.LayerNorm):
 
 
 def depthwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-  """`conv(x)` for a depthwise 'same' conv, as a sum of shifted products.
+  """`conv(x)` for a depthwise 'same' conv, as im2col and a per-channel dot product.
 
-  The same sum as torch's grouped convolution (tested against it), but fast in
+  The same sums as torch's grouped convolution (tested against it), but fast in
   float64, where torch's depthwise kernel takes about a second per 56x56 block.
   """
+  b, c, h, w = x.shape
   k = conv.kernel_size[0]
-  pad = conv.padding[0]
-  h, w = x.shape[-2:]
-  xp = F.pad(x, (pad, pad, pad, pad))
-  weight = conv.weight[:, 0]  # C, k, k
-  out = conv.bias[None, :, None, None].expand_as(x).clone()
-  for i in range(k):
-    for j in range(k):
-      out = out + xp[:, :, i : i + h, j : j + w] * weight[None, :, i, j, None, None]
-  return out
+  cols = F.unfold(x, k, padding=conv.padding[0]).view(b, c, k * k, h * w)
+  out = torch.einsum('bckp,ck->bcp', cols, conv.weight.view(c, k * k)).view(b, c, h, w)
+  return out + conv.bias.view(1, c, 1, 1)
 
 
 class CNBlock(nn.Module):

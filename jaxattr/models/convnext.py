@@ -33,8 +33,8 @@ at least float32 (Flax's LayerNorm), output in `dtype`.
 `width` scales every channel count (rounded, at least 1).
 
 `__call__(x, train)` returns `{'k1': end of stage 3 [B, H/16, W/16, C3], 'k2': end
-of stage 4 [B, H/32, W/32, C4], 'pooled': classifier.0(mean of k2) [B, C4] (what
-the ImageNet Linear reads)}` plus `'logits'` (float32) with `num_classes` (sizes
+of stage 4 [B, H/32, W/32, C4], 'pooled': classifier.0(mean of k2) [B, C4], at
+least float32 (what the ImageNet Linear reads)}` plus `'logits'` (float32) with `num_classes` (sizes
 floored, as torchvision's strided convs).
 """
 
@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxattr.models.resnet import scale_channels
-from jaxattr.models.swin import stochastic_depth
+from jaxattr.models.swin import block_drop_rates, stochastic_depth
 
 Array = jax.Array
 Dtype = Any
@@ -216,17 +216,11 @@ class ConvNeXtFeatures(nn.Module):
   def __call__(self, x: Array, train: bool) -> tuple[Array, Array]:
     dt, pdt = self.dtype, self.param_dtype
     x = Stem(self.channels[0], dt, pdt, name='0')(x)
-    total = sum(self.depths)
-    block_id = 0
+    rates = block_drop_rates(self.depths, self.stochastic_depth_prob)
     k1 = None
     last = len(self.depths) - 1
-    for i, depth in enumerate(self.depths):
-      # torchvision: rate * block_id / (total - 1) over all blocks of the network.
-      rates = tuple(
-        self.stochastic_depth_prob * (block_id + j) / max(total - 1, 1) for j in range(depth)
-      )
-      block_id += depth
-      x = ConvNeXtStage(rates, dt, pdt, name=str(2 * i + 1))(x, train)
+    for i in range(len(self.depths)):
+      x = ConvNeXtStage(rates[i], dt, pdt, name=str(2 * i + 1))(x, train)
       if i == last - 1:
         k1 = x
       if i < last:
@@ -243,7 +237,9 @@ class ClassifierNorm(nn.Module):
 
   @nn.compact
   def __call__(self, pooled: Array) -> tuple[Array, Array | None]:
-    pooled = _layer_norm(self.dtype, self.param_dtype, '0')(pooled)
+    # The pooled vector leaves in at least float32, as the registry's contract asks.
+    out_dtype = jnp.promote_types(self.dtype, jnp.float32)
+    pooled = _layer_norm(out_dtype, self.param_dtype, '0')(pooled)
     if self.num_classes is None:
       return pooled, None
     return pooled, _dense(self.num_classes, self.dtype, self.param_dtype, '2')(pooled)
@@ -277,8 +273,9 @@ class ConvNeXt(nn.Module):
       train: stochastic depth is active if True (and its rate positive).
 
     Returns:
-      `{'k1': [B, H/16, W/16, C3], 'k2': [B, H/32, W/32, C4], 'pooled': [B, C4]}`,
-      plus `'logits'` [B, num_classes] (float32) when `num_classes` is set.
+      `{'k1': [B, H/16, W/16, C3], 'k2': [B, H/32, W/32, C4], 'pooled': [B, C4]}`
+      (`pooled` at least float32, the others in `dtype`), plus `'logits'`
+      [B, num_classes] (float32) when `num_classes` is set.
     """
     k1, k2 = ConvNeXtFeatures(
       tuple(self.channels),
@@ -290,7 +287,7 @@ class ConvNeXt(nn.Module):
     )(x, train)
     pooled, logits = ClassifierNorm(
       self.num_classes, self.dtype, self.param_dtype, name='classifier'
-    )(jnp.mean(k2, axis=(1, 2)))
+    )(jnp.mean(k2.astype(jnp.promote_types(k2.dtype, jnp.float32)), axis=(1, 2)))
     out = {'k1': k1, 'k2': k2, 'pooled': pooled}
     if logits is not None:
       out['logits'] = logits.astype(jnp.float32)

@@ -43,8 +43,8 @@ and keeps torchvision's head counts, so every stage stays divisible by its heads
 width 1/16 gives swin_t stage widths 6, 12, 24, 48.
 
 `__call__(x, train)` returns `{'k1': end of stage 3 [B, H/16, W/16, 4C], 'k2': final
-norm [B, H/32, W/32, 8C], 'pooled': mean of k2 over space [B, 8C] (what `head`
-reads)}` plus `'logits'` (float32) with `num_classes` (sizes rounded up).
+norm [B, H/32, W/32, 8C], 'pooled': mean of k2 over space [B, 8C], at least
+float32 (what `head` reads)}` plus `'logits'` (float32) with `num_classes` (sizes rounded up).
 """
 
 import dataclasses
@@ -183,8 +183,27 @@ def stochastic_depth(module: nn.Module, x: Array, rate: float, train: bool) -> A
   if not train or rate == 0.0:
     return x
   keep = jax.random.bernoulli(module.make_rng('dropout'), 1.0 - rate, (x.shape[0],))
-  scale = jnp.where(keep, 1.0 / (1.0 - rate), 0.0).astype(x.dtype)
+  # torchvision scales survivors only when some survive (rate 1 drops everything).
+  scale = jnp.where(keep, 1.0 / (1.0 - rate) if rate < 1.0 else 0.0, 0.0).astype(x.dtype)
   return x * scale.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def block_drop_rates(depths: Sequence[int], prob: float) -> tuple[tuple[float, ...], ...]:
+  """torchvision's stochastic-depth rate of every block: `prob * k / (total - 1)`.
+
+  Args:
+    depths: blocks per stage.
+    prob: the rate of the last block.
+
+  Returns:
+    Per stage, the rates of its blocks; block k counts over the whole network.
+  """
+  total = sum(depths)
+  rates, k = [], 0
+  for depth in depths:
+    rates.append(tuple(prob * (k + j) / max(total - 1, 1) for j in range(depth)))
+    k += depth
+  return tuple(rates)
 
 
 def _layer_norm(dtype: Dtype, param_dtype: Dtype, name: str, epsilon: float = LN_EPSILON):
@@ -381,16 +400,10 @@ class SwinFeatures(nn.Module):
   def __call__(self, x: Array, train: bool) -> tuple[Array, Array]:
     dt, pdt = self.dtype, self.param_dtype
     x = PatchEmbed(self.embed_dim, dt, pdt, name='0')(x)
-    total = sum(self.depths)
-    block_id = 0
+    rates = block_drop_rates(self.depths, self.stochastic_depth_prob)
     k1 = None
     for i, (depth, heads) in enumerate(zip(self.depths, self.num_heads, strict=True)):
-      # torchvision: rate * block_id / (total - 1) over all blocks of the network.
-      rates = [
-        self.stochastic_depth_prob * (block_id + j) / max(total - 1, 1) for j in range(depth)
-      ]
-      block_id += depth
-      x = SwinStage(depth, heads, tuple(rates), dt, pdt, name=str(2 * i + 1))(x, train)
+      x = SwinStage(depth, heads, rates[i], dt, pdt, name=str(2 * i + 1))(x, train)
       if i == len(self.depths) - 2:
         k1 = x
       if i < len(self.depths) - 1:
@@ -429,8 +442,8 @@ class Swin(nn.Module):
 
     Returns:
       `{'k1': [B, H/16, W/16, 4C], 'k2': [B, H/32, W/32, 8C], 'pooled': [B, 8C]}`
-      (sizes rounded up), plus `'logits'` [B, num_classes] (float32) when
-      `num_classes` is set.
+      (sizes rounded up; `pooled` at least float32, the others in `dtype`), plus
+      `'logits'` [B, num_classes] (float32) when `num_classes` is set.
     """
     k1, x = SwinFeatures(
       self.embed_dim,
@@ -442,7 +455,9 @@ class Swin(nn.Module):
       name='features',
     )(x, train)
     k2 = _layer_norm(self.dtype, self.param_dtype, 'norm')(x)
-    out = {'k1': k1, 'k2': k2, 'pooled': jnp.mean(k2, axis=(1, 2))}
+    # The pooled vector in at least float32, as the registry's contract asks.
+    pooled = jnp.mean(k2.astype(jnp.promote_types(k2.dtype, jnp.float32)), axis=(1, 2))
+    out = {'k1': k1, 'k2': k2, 'pooled': pooled}
     if self.num_classes is not None:
       logits = nn.Dense(
         self.num_classes,
