@@ -167,7 +167,9 @@ def _manager(workdir: Path, which: str) -> ocp.CheckpointManager | None:
   return ocp.CheckpointManager(
     directory.absolute(),
     item_handlers=ocp.PyTreeCheckpointHandler(),
-    options=ocp.CheckpointManagerOptions(create=False),
+    # No root metadata: writing it ends in a barrier of all processes, and process 0 calls
+    # this alone (main's workdir check) while the others wait: a multi-process resume hung.
+    options=ocp.CheckpointManagerOptions(create=False, save_root_metadata=False),
   )
 
 
@@ -666,6 +668,16 @@ def _value(value: Any) -> str:
   return value if value is MISSING else json.dumps(value)
 
 
+def _has_checkpoint(workdir: Path) -> bool:
+  """Whether `checkpoints/` holds a committed step (Orbax names it by the bare number).
+
+  A directory listing, not an Orbax manager: process 0 calls this alone, while the
+  other processes wait for its verdict, and a manager may synchronise processes.
+  """
+  directory = checkpoint_dir(workdir, 'latest')
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
 def check_resume(
   workdir: str | Path, config: ml_collections.ConfigDict, allow_change: bool = False
 ) -> dict[str, tuple[Any, Any]]:
@@ -697,7 +709,7 @@ def check_resume(
   except ValueError as e:
     raise RunError(f'{path}: not valid JSON ({e}); the folder no longer says what ran.') from e
   diffs = config_differences(old, config)
-  if not diffs or checkpoint_step(workdir, 'latest') is None:
+  if not diffs or not _has_checkpoint(workdir):
     return diffs  # Identical, or nothing trained yet: nothing to protect.
   lines, fixed = [], 0
   for field, (a, b) in diffs.items():

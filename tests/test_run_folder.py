@@ -253,6 +253,12 @@ def test_a_second_run_on_a_folder_in_use_stops_naming_the_first(trained, data_di
   assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['4', '8']
 
 
+def test_tools_read_a_folder_in_use(trained):
+  with rundir.WorkdirLock(trained):  # As while a run trains in it.
+    predictor = inference.Predictor.from_workdir(trained, 'latest')
+  assert predictor.description
+
+
 def test_lock_names_its_holder_and_is_released(tmp_path, caplog):
   lock = rundir.WorkdirLock(tmp_path)
   assert lock.acquire() == {}
