@@ -3,10 +3,10 @@
   python -m jaxattr.convert --arch=resnet101 --input=resnet101-cd907fc2.pth --output=DIR
   python -m jaxattr.convert --arch=vit_b_16 --input=vit_b_16-c867db91.pth --output=DIR
 
-`--arch` is any name of `jaxattr.models.registry.BACKBONES`.
-reads a torchvision state dict (`.pth` / `.pt` with torch installed, `.safetensors`
-with the `safetensors` package, `.npz` with numpy alone), maps every tensor by name
-onto the Flax backbone of `jaxattr.models` and writes DIR/backbone.msgpack (the
+(`--arch`: any name of `jaxattr.models.registry.BACKBONES`) reads a torchvision
+state dict (`.pth` / `.pt` with torch installed, `.safetensors` with the
+`safetensors` package, `.npz` with numpy alone), maps every tensor by name onto the
+Flax backbone of `jaxattr.models` and writes DIR/backbone.msgpack (the
 `{'params', 'batch_stats'}` trees of the backbone, via `flax.serialization`) and
 DIR/meta.json (arch, width, source file name, its sha256). Training loads it with
 `--config.model.pretrained=DIR` (`jaxattr.train.load_pretrained` ->
@@ -14,15 +14,16 @@ DIR/meta.json (arch, width, source file name, its sha256). Training loads it wit
 
 The mapping is the naming rule of `jaxattr/models/resnet.py`: the torch key split
 on '.' is the Flax path; the leaf `weight` becomes `kernel` (conv, linear) or
-`scale` (BatchNorm), `running_mean` / `running_var` go to batch_stats as `mean` /
+`scale` (BatchNorm, LayerNorm), `running_mean` / `running_var` go to batch_stats as `mean` /
 `var`, `num_batches_tracked` is dropped; conv kernels go OIHW -> HWIO and linear
 weights (out, in) -> (in, out), any other 2-D tensor likewise (ViT's
 `in_proj_weight`); other tensors keep their shape. Before the rule runs, a family's
 `Backbone.adapt_state_dict` hook may rename or drop what the rule cannot map (old
 DenseNet files' `denselayer1.norm.1.weight`, renamed as torchvision's own loader
-does). Nothing is guessed: a tensor
-without a Flax counterpart, a Flax variable without a tensor, or a shape that
-disagrees stops the conversion with a message naming every such tensor.
+does; Swin's constant `relative_position_index` buffers, checked and dropped).
+Nothing is guessed: a tensor without a Flax counterpart, a Flax variable without a
+tensor, or a shape that disagrees stops the conversion with a message naming every
+such tensor.
 
 The ImageNet classifier (`Backbone.head`: `fc`, `classifier`, `heads.head`, ...) is
 dropped unless `include_head` / `--include_head` asks for it; `load_backbone` always
