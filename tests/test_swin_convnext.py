@@ -209,12 +209,13 @@ def test_parity_odd_sizes(arch, size):
   """Odd maps: Swin's padded windows and patch merging; ConvNeXt's floored strides.
 
   Swin at 100x60: stage 1 is 25x15 (padded to 28x21), merging pads 25 -> 26 and
-  15 -> 16; stage 3 is 7x4 and stage 4 4x2, which one window covers (no shift).
-  A narrow, shallow model (width 1/4: 8 channels per head), exact in float64.
+  15 -> 16; stage 2 (13x8, padded to 14x14) shifts; stage 3 is 7x4 and stage 4
+  4x2, which one window covers: its odd block does not shift. A narrow, shallow
+  model (width 1/4: 8 channels per head), exact in float64.
   """
   with jax.enable_x64(True):
     if arch == 'swin_t':
-      embed, depths, heads = 24, (2, 2, 2, 2), swin.SWIN_SPECS[arch].num_heads
+      embed, depths, heads = 24, (1, 2, 1, 2), swin.SWIN_SPECS[arch].num_heads
       model = reference.SwinTorch(embed, depths, heads, num_classes=10)
       module = swin.Swin(embed, depths, heads, 10, dtype=jnp.float64, param_dtype=jnp.float64)
     else:
