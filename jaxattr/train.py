@@ -547,6 +547,9 @@ def _train_and_evaluate(config, workdir: Path, devices) -> dict[str, Any]:
           stop.exit_code(),
         )
         raise SystemExit(stop.exit_code())
+  except BaseException:  # Stopped or failed: metrics.jsonl is flushed and closed too.
+    writer.close()
+    raise
   finally:
     stop.restore()
     ckpt.wait()
