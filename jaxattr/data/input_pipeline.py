@@ -39,14 +39,13 @@ yet, has its stream shifted by the skipped images. In evaluation a skipped image
 is left out of the metrics (logged, and `num_examples` shows it).
 
 Images leave the pipeline as uint8 (4x less host->device traffic); normalisation
-with the ImageNet statistics happens on device (`normalize`).
+with the ImageNet statistics happens on device (`jaxattr.inference.normalize`).
 """
 
 import dataclasses
 import re
 from collections.abc import Callable, Generator, Iterator
 
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tensorflow as tf
@@ -252,13 +251,6 @@ def eval_preprocess(image: tf.Tensor, data_config) -> tf.Tensor:
   return _to_uint8(_resize(image, data_config.image_size))
 
 
-def normalize(images: jnp.ndarray, data_config, dtype=jnp.float32) -> jnp.ndarray:
-  """uint8 images -> ImageNet-normalised floats (runs on device, inside the step)."""
-  mean = jnp.asarray(data_config.mean, jnp.float32) * 255.0
-  std = jnp.asarray(data_config.std, jnp.float32) * 255.0
-  return ((images.astype(jnp.float32) - mean) / std).astype(dtype)
-
-
 def _options() -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = True
@@ -313,6 +305,7 @@ def train_batches(
   epoch, offset = divmod(start_step, spe)
   bad: set[int] = set()  # Indices of corrupt images met by this process ('skip').
 
+  @tf.autograph.experimental.do_not_convert  # Straight-line code: nothing to convert.
   def read(positions):
     return {k: tf.gather(v, positions) for k, v in stored.items()}
 
