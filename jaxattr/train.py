@@ -22,22 +22,14 @@ TensorFlow feeds the input pipeline only: it (and clu's writers, which import it
 is imported by the functions that read data or write logs, so the state, the step
 and the experiment's pieces import and run without it.
 
-Faults (see docs/multihost.md):
-  * Preemption. SIGTERM (or SIGINT) makes the loop finish the current step, save a
-    checkpoint of it, wait for the write and exit with code 128 + signal (143 for
-    SIGTERM, 130 for SIGINT): non-zero, so a supervisor that restarts failed jobs
-    (Kubernetes, a retry loop) restarts it and a pipeline does not take a stopped
-    run for a finished one; SLURM requeues a preempted job whatever its code.
-    Re-running the same command resumes there. With several processes, every
-    process must stop at the same step, so SIGTERM is left to JAX's preemption
-    notifier (installed by `jax.distributed.initialize`): it tells all processes
-    and agrees on the step (`Checkpointer.reached_preemption`), whichever of them
-    got the signal.
-  * A process killed outright (SIGKILL, power loss) loses the steps since the
-    last checkpoint; Orbax commits a checkpoint by renaming its temporary
-    directory, so a restart never sees a partial one (and removes it).
-  * A corrupt image stops the run naming it, or is skipped
-    (`data.on_bad_image`, see `input_pipeline`).
+Faults (docs/multihost.md has the details):
+  * SIGTERM / SIGINT: the loop checkpoints the current step and exits 143 / 130,
+    non-zero so that a supervisor restarts it and a pipeline does not take it for
+    finished; re-running the same command resumes. Several processes stop at one
+    step agreed by JAX's preemption notifier (`_Stop`).
+  * SIGKILL or power loss loses the steps since the last checkpoint; Orbax commits
+    a checkpoint by renaming it, so a restart never sees a partial one.
+  * A corrupt image stops the run naming it, or is skipped (`data.on_bad_image`).
 """
 
 import dataclasses
