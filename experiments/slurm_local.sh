@@ -104,14 +104,13 @@ cleanup() {
   trap - EXIT INT TERM
   set +e
   [[ -n $REFERENCE ]] && stop_pids "$REFERENCE"
-  if ((${#JOBS[@]})); then scancel "${JOBS[@]}" 2>/dev/null; fi
-  # Let the jobs' steps end (SIGTERM: they checkpoint; SIGKILL after KillWait) before the
-  # daemons go.
-  local deadline=$((SECONDS + KILL_WAIT_S + 10))
-  while ((SECONDS < deadline)); do
-    [[ -z $(marked | grep -vxF -f <(printf '%s\n' "${PIDS[@]}" 0)) ]] && break
-    sleep 0.5
-  done
+  if ((${#JOBS[@]})); then
+    # Let the jobs end (SIGTERM: they checkpoint; SIGKILL after KillWait) before the daemons
+    # go; squeue lists nothing once they have (or when slurmctld is gone).
+    scancel "${JOBS[@]}" 2>/dev/null
+    local deadline=$((SECONDS + KILL_WAIT_S + 10))
+    while ((SECONDS < deadline)) && [[ -n $(squeue -h -o %i 2>/dev/null) ]]; do sleep 0.5; done
+  fi
   for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pids "${PIDS[i]}"; done
   mapfile -t left < <(marked)
   if ((${#left[@]})); then
@@ -258,39 +257,61 @@ JAX_NUM_CPU_DEVICES=2 "$PYTHON" -m jaxattr.main "${OVERRIDES[@]}" --workdir="$TM
 REFERENCE=$!
 wait "$REFERENCE" || die "the 1-process run failed: $(tail -5 "$TMP/reference.out")"
 REFERENCE=
-"$PYTHON" - "$TMP/slurm_run/results.json" "$TMP/reference/results.json" <<'EOF'
-"""Prints the two runs' test metrics side by side; exits 1 unless all agree to 1e-5."""
+"$PYTHON" - "$TMP/slurm_run" "$TMP/reference" <<'EOF'
+"""Prints the two runs' metrics side by side; exits 1 unless all agree to 1e-5.
+
+results.json tests the best state (by validation); the validation metrics that metrics.jsonl
+logs at every epoch's end (steps 8, 16, 24) cover the states after the preemption too.
+"""
 import json
 import math
 import sys
+from pathlib import Path
 
 TOLERANCE = 1e-5
-slurm, reference = (json.load(open(path))['test'] for path in sys.argv[1:])
+runs = [Path(p) for p in sys.argv[1:]]
 
 
 def leaves(tree, prefix=''):
   if isinstance(tree, dict):
     for key, value in tree.items():
-      yield from leaves(value, f'{prefix}{key}/' if prefix or key else key)
+      yield from leaves(value, f'{prefix}{key}/')
   else:
     yield prefix.rstrip('/'), tree
 
 
-got, want = dict(leaves(slurm)), dict(leaves(reference))
+def difference(a, b):
+  if a is None or b is None or isinstance(a, str):
+    return 0.0 if a == b else math.inf
+  return abs(a - b)
+
+
+results = [json.loads((run / 'results.json').read_text()) for run in runs]
+got, want = (dict(leaves(r['test'])) for r in results)
 print(f'{"test metric":<16}{"slurm, 2 tasks, requeued":>26}{"1 process, 2 devices":>22}')
 for key in ('map_voc', 'map_sklearn', 'ma', 'acc', 'prec', 'rec', 'f1', 'num_examples'):
   print(f'{key:<16}{got[key]:>26.6f}{want[key]:>22.6f}')
-diffs = []
-for key in sorted(set(got) | set(want)):
-  a, b = got.get(key), want.get(key)
-  if a is None or b is None or isinstance(a, str):
-    diffs.append(0.0 if a == b else math.inf)
-  else:
-    diffs.append(abs(a - b))
+diffs = [difference(got.get(k), want.get(k)) for k in sorted(set(got) | set(want))]
+diffs.append(difference(results[0]['best_step'], results[1]['best_step']))
+print(f'best step (tested above): {results[0]["best_step"]} and {results[1]["best_step"]}')
+
+rows = []
+for run in runs:
+  lines = (run / 'metrics.jsonl').read_text().splitlines()
+  rows.append({r['step']: r for r in map(json.loads, lines) if 'val/map_voc' in r})
+if list(rows[0]) != list(rows[1]):
+  sys.exit(f'MISMATCH: validated at steps {list(rows[0])} and {list(rows[1])}')
+for step in rows[0]:
+  a, b = rows[0][step], rows[1][step]
+  step_diffs = [difference(a.get(k), b.get(k)) for k in set(a) | set(b) if k.startswith('val/')]
+  diffs += step_diffs
+  print(f'validation at step {step:>2}: map_voc {a["val/map_voc"]:.6f} and '
+        f'{b["val/map_voc"]:.6f}, largest difference of {len(step_diffs)} metrics '
+        f'{max(step_diffs):.2e}')
 worst = max(diffs)
 verdict = 'OK' if worst <= TOLERANCE else 'MISMATCH'
-print(f'{verdict}: {len(diffs)} test metrics (incl. per attribute), largest difference '
-      f'{worst:.2e} (tolerance {TOLERANCE:g})')
+print(f'{verdict}: {len(diffs)} metrics (test, incl. per attribute; validation at every epoch), '
+      f'largest difference {worst:.2e} (tolerance {TOLERANCE:g})')
 sys.exit(verdict != 'OK')
 EOF
 say "done: job $JOB preempted and requeued (Restarts=$restarts), then finished"

@@ -195,7 +195,7 @@ def test_slurm_preempts_and_requeues_a_job_that_ends_like_an_uninterrupted_run()
   for name, (slurm, single) in table.items():
     assert slurm == pytest.approx(single, abs=1e-5), name
   assert table['num_examples'] == (64.0, 64.0)
-  assert re.search(r'^OK: \d+ test metrics', out, re.M)
+  assert re.search(r'^OK: \d+ metrics \(test', out, re.M)
 
   # Nothing of the cluster is left: its daemons, their job steps, the temporary folder.
   started = dict(re.findall(r'started (munged|slurmctld|slurmd) \(pid (\d+)\)', out))
