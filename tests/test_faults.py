@@ -299,7 +299,7 @@ def test_unfinished_save_is_ignored_and_cleaned_up(tmp_path):
 def _corrupt(data_dir: str, dest: Path, split: str, damage: dict[int, str]) -> str:
   """Copies the dataset and rewrites the images of `damage` ({index: 'garbage'|'truncated'})."""
   shutil.copytree(data_dir, dest, dirs_exist_ok=True)
-  (path,) = dest.glob(f'synthetic_attributes/tiny/1.0.0/*-{split}.tfrecord-*')
+  (path,) = dest.glob(f'synthetic_attributes/tiny/*/*-{split}.tfrecord-*')
   examples = [
     tf.train.Example.FromString(r) for r in tf.data.TFRecordDataset(str(path)).as_numpy_iterator()
   ]

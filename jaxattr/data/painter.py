@@ -17,6 +17,26 @@ of generation order and a config's splits are prefixes of a larger config's.
 
 Difficulty knobs live together below (`CUE_SCALE`, `DISTRACTOR_RATE`,
 `OCCLUDER_RATE`, ...) so they can be tuned without touching the drawing code.
+
+Design rule of the cues (version 1.1.0; issue 15). A crop (96-192 px tall, width
+0.35-0.6 of its height) reaches the model resized to a square, 112x112 in the
+demo: about 0.6-1.2x vertically and 1.7-2.9x horizontally, so the vertical size of
+a cue is the one that can get too small.
+(1) Every cue is at least ~4 px tall and ~10 px wide at 112 px for a full-body
+    figure (figure height ~95 px): sunglasses 0.044-0.052 of the figure height
+    (4-5 px), logos 0.065-0.085 (6-8 px), face masks 0.06-0.07 (6-7 px), stripes
+    with a period of 0.06-0.08 (5-8 px, each stripe half of it), hats 0.06-0.1.
+(2) The rare local cues stay small against the crop, so that global average
+    pooling dilutes them (the regime the paper's attention is for): the median box
+    of sunglasses, logos and face masks covers under 2 % of the crop's area
+    (0.8 %, 1.0 % and 1.9 % in `cue_size_audit()`); upper-body crops, whose heads
+    are larger, reach 2.5-6 % at the 90th percentile.
+(3) Every cue is decidable from the pixels: no cue shares its place, shape and
+    colour with another attribute's (no dark face masks, which look like beards;
+    hats contrast with the hair).
+Version 1.0.0 broke (1) for sunglasses (3.5 px tall) and logos (4.5 px at the
+10th percentile) and (3) for dark masks and hair-coloured hats; faceMask,
+sunglass and Hat had the demo's lowest APs (12, 38, 49).
 """
 
 import colorsys
@@ -622,7 +642,7 @@ def _paint_torso(sc: _Scene) -> None:
   if y['stripe']:
     v0 = u(0.19, 0.3)
     v1 = min(v0 + u(0.1, 0.2) * cs, 0.49)
-    period = max(u(0.04, 0.055) * fh * cs, 2.0)
+    period = max(u(0.06, 0.08) * fh * cs, 2.0)
     colour = _contrast(sc.top_colour, u)
 
     def edges_px(py):
@@ -645,7 +665,7 @@ def _paint_torso(sc: _Scene) -> None:
     draw.polygon(tie, fill=_hsv(u(), u(0.5, 1.0), u(0.2, 0.8)))
     sc.boxes['formal'] = _union(_bbox(collar), _bbox(tie))
   if y['logo']:
-    size = u(0.045, 0.065) * cs * fh
+    size = u(0.065, 0.085) * cs * fh
     # Beside the tie when there is one.
     lu = u(0.045, 0.06) * (1 if u.chance(0.5) else -1) if y['formal'] else u(-0.05, 0.05)
     lx, ly = fig.p(lu, u(0.23, 0.33))
@@ -735,7 +755,7 @@ def _paint_head(sc: _Scene) -> None:
     sc.boxes['Male'] = _union(box, _bbox(beard)) if beard else box
   if y['sunglass']:
     # A dark band across the eyes (some lenses mirrored), with temples to the ears.
-    half_h = u(0.016, 0.02) * cs * fh
+    half_h = u(0.022, 0.026) * cs * fh
     x0, yc = fig.p(-hu * 0.95, eye_v)
     x1, _ = fig.p(hu * 0.95, eye_v)
     box = (x0, yc - half_h, x1, yc + half_h)
@@ -743,12 +763,13 @@ def _paint_head(sc: _Scene) -> None:
     draw.rounded_rectangle(box, radius=half_h * 0.5, fill=lens)
     sc.boxes['sunglass'] = box
   if y['faceMask']:
-    # Mostly a light-blue or white surgical mask from the nose to the chin, with ear
-    # straps; sometimes a black one, which competes with beards.
+    # A light-blue, white or pale-green surgical mask from the nose to the chin, with
+    # ear straps. Never dark: a dark mask has the place, shape and colour of the beard
+    # that half of the men wear, so its label could not be read from the pixels.
     v0 = hv + 0.02
-    v1 = v0 + u(0.058, 0.068) * cs
+    v1 = v0 + u(0.06, 0.07) * cs
     mask = fig.poly([(-hu * 0.97, v0), (hu * 0.97, v0), (hu * 0.6, v1), (-hu * 0.6, v1)])
-    palette = ((150, 200, 240), (240, 240, 245), (45, 45, 50))
+    palette = ((150, 200, 240), (240, 240, 245), (170, 225, 190))
     k = u.weighted((0.55, 0.3, 0.15))
     # Never skin-coloured: a white mask on pale skin would be invisible.
     while sum(abs(a - b) for a, b in zip(palette[k], sc.skin, strict=True)) < 120:
@@ -760,8 +781,9 @@ def _paint_head(sc: _Scene) -> None:
       draw.line(strap, fill=colour)
     sc.boxes['faceMask'] = _union(_bbox(mask), *(_bbox(strap) for strap in straps))
   if y['Hat']:
-    # Taller than hair and often of a colour hair never has: shape and colour cues.
-    colour = _contrast(sc.hair, u) if u.chance(0.5) else _cloth(u)
+    # Taller than hair and of a colour that stands out on the hair: shape and colour
+    # cues (a hat of the hair's colour would read as hair).
+    colour = _contrast(sc.hair, u)
     kind = u.index(3)
     if kind == 0:  # Cap: a dome above the head and a peak to one side.
       crown = _ellipse_box(fig, 0, 0.04, hu + 0.01, 0.065)
@@ -863,6 +885,48 @@ def draw_example(rng: np.random.Generator) -> Drawing:
   return Drawing(np.asarray(img), labels, cue_boxes, distractor_boxes.reshape(-1, 4))
 
 
+def cue_size_audit(
+  num_examples: int = 1500, size: int = 112, split: str = 'train', seed: int = 0
+) -> dict[str, dict[str, float]]:
+  """How large each attribute's cue is once the crop is resized to size x size.
+
+  The numbers behind the design rule of the module docstring (print them with
+  `python -c "from jaxattr.data import painter; print(painter.cue_size_audit())"`).
+
+  Args:
+    num_examples: examples drawn (the first of `split`).
+    size: the model's input side (the demo's 112).
+    split: which split's examples.
+    seed: dataset seed.
+
+  Returns:
+    Per attribute: `positives`, the median and 10th percentile of the cue box's
+    height in pixels (`height_px`, `height_px_p10`), its median width in pixels
+    (`width_px`, after the horizontal stretch to a square), and the median and 90th
+    percentile of its share of the crop's area (`area`, `area_p90`, fractions).
+  """
+  boxes: dict[str, list[np.ndarray]] = {a: [] for a in ATTRIBUTES}
+  for index in range(num_examples):
+    drawing = draw_example(example_rngs(split, index, seed)[0])
+    for c, name in enumerate(ATTRIBUTES):
+      if drawing.labels[c] == 1:
+        boxes[name].append(drawing.cue_boxes[c])
+  out = {}
+  for name, rows in boxes.items():
+    b = np.array(rows, np.float64).reshape(-1, 4)
+    height, width = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    area = height * width
+    out[name] = {
+      'positives': len(b),
+      'height_px': float(np.median(height) * size) if len(b) else float('nan'),
+      'height_px_p10': float(np.percentile(height, 10) * size) if len(b) else float('nan'),
+      'width_px': float(np.median(width) * size) if len(b) else float('nan'),
+      'area': float(np.median(area)) if len(b) else float('nan'),
+      'area_p90': float(np.percentile(area, 90)) if len(b) else float('nan'),
+    }
+  return out
+
+
 def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
   """JPEG bytes of a uint8 [H, W, 3] image."""
   buf = io.BytesIO()
@@ -931,3 +995,140 @@ def generate_range(split: str, num_examples: int, seed: int) -> Iterator[dict[st
   """
   for index in range(num_examples):
     yield generate(split, index, seed)
+
+
+# --- Cues: the controlled localisation task ------------------------------------------
+# `synthetic_attributes/cues` (experiments/localisation.py): square images of
+# textured clutter with a few small coloured shapes. Each attribute is one (shape,
+# colour) conjunction and is present exactly when that shape is drawn in that
+# colour, so the cue alone decides the label and its box is where to look. The
+# other shapes on the image are distractors: every one shares its colour with one
+# attribute and its shape with another (the colour alone or the shape alone never
+# decides). Positive ratios are imbalanced, from common to rare.
+CUE_SHAPES = ('disc', 'square', 'triangle', 'diamond')
+CUE_COLOURS = {
+  'red': (220, 40, 40),
+  'blue': (40, 80, 230),
+  'green': (40, 190, 60),
+  'yellow': (235, 215, 40),
+}
+# (attribute name = colour_shape, positive ratio).
+CUE_ATTRIBUTES = (
+  ('red_disc', 0.4),
+  ('blue_square', 0.25),
+  ('green_triangle', 0.15),
+  ('yellow_diamond', 0.1),
+  ('red_square', 0.06),
+  ('blue_disc', 0.04),
+)
+CUE_NAMES = tuple(name for name, _ in CUE_ATTRIBUTES)
+CUE_SIZE = (0.075, 0.1)  # Side of a cue, as a fraction of the image side (0.6-1 % of its area).
+CUE_DISTRACTORS = (2, 5)  # Distractor shapes per image (inclusive range).
+CUE_COLOUR_JITTER = 25  # Grey levels of per-channel jitter on every shape's colour.
+
+
+def _draw_cue_shape(draw, kind: str, box, colour) -> None:
+  x0, y0, x1, y1 = box
+  cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+  if kind == 'disc':
+    draw.ellipse(box, fill=colour)
+  elif kind == 'square':
+    draw.rectangle(box, fill=colour)
+  elif kind == 'triangle':
+    draw.polygon([(cx, y0), (x1, y1), (x0, y1)], fill=colour)
+  else:
+    draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=colour)
+
+
+def draw_cues_example(
+  rng: np.random.Generator,
+  size: int = 112,
+  ratios: Sequence[float] | None = None,
+  cue_size: tuple[float, float] = CUE_SIZE,
+  distractors: tuple[int, int] = CUE_DISTRACTORS,
+) -> Drawing:
+  """Draws one image of the controlled localisation task (see `CUE_ATTRIBUTES`).
+
+  Args:
+    rng: the example's generator (consumed).
+    size: side of the square image in pixels.
+    ratios: positive ratio per attribute; default those of `CUE_ATTRIBUTES`.
+    cue_size: range of a shape's side, as a fraction of `size`.
+    distractors: inclusive range of the number of distractor shapes.
+
+  Returns:
+    A `Drawing` over the attributes of `CUE_NAMES` (image, labels, cue boxes,
+    distractor boxes).
+  """
+  u = _Uniforms(rng)
+  num = len(CUE_ATTRIBUTES)
+  if ratios is None:
+    ratios = [p for _, p in CUE_ATTRIBUTES]
+  labels = np.array([u.chance(p) for p in ratios], np.int8)
+  names = set(CUE_NAMES)
+  # Distractors: any (colour, shape) that is not an attribute; each of them shares its
+  # colour with one attribute and its shape with another.
+  others = [f'{c}_{s}' for c in CUE_COLOURS for s in CUE_SHAPES if f'{c}_{s}' not in names]
+  shapes = [(CUE_NAMES[i], i) for i in range(num) if labels[i]]
+  lo, hi = distractors
+  shapes += [(u.pick(others), -1) for _ in range(lo + u.index(hi - lo + 1))]
+  order = [shapes[i] for i in rng.permutation(len(shapes))]
+
+  img = _background(u, size, size)
+  draw = ImageDraw.Draw(img)
+  _clutter(draw, u, size, size)
+  cue_boxes = np.zeros((num, 4), np.float32)
+  distractor_boxes, placed = [], []
+  for name, attribute in order:
+    side = u(*cue_size) * size
+    for _ in range(50):  # Rejection sampling: shapes never touch each other.
+      x0, y0 = u(1, size - side - 1), u(1, size - side - 1)
+      box = (x0, y0, x0 + side, y0 + side)
+      grown = (x0 - 2, y0 - 2, x0 + side + 2, y0 + side + 2)
+      if not any(_overlaps(grown, b) for b in placed):
+        break
+    else:
+      if attribute < 0:
+        continue  # No room for this distractor; a cue is drawn anyway (it decides the label).
+    colour_name, kind = name.split('_')
+    colour = tuple(
+      int(min(255, max(0, c + u(-CUE_COLOUR_JITTER, CUE_COLOUR_JITTER))))
+      for c in CUE_COLOURS[colour_name]
+    )
+    _draw_cue_shape(draw, kind, box, colour)
+    placed.append(box)
+    if attribute >= 0:
+      cue_boxes[attribute] = _normalise(box, size, size)
+    else:
+      distractor_boxes.append(_normalise(box, size, size))
+  return Drawing(
+    np.asarray(img), labels, cue_boxes, np.array(distractor_boxes, np.float32).reshape(-1, 4)
+  )
+
+
+def generate_cues(
+  split: str, index: int, seed: int = 0, size: int = 112, encode: bool = True, **kwargs: Any
+) -> dict[str, Any]:
+  """Example `index` of `split` of the cues task, a pure function of its arguments.
+
+  Args:
+    split: 'train', 'validation' or 'test'.
+    index: position in the split.
+    seed: dataset seed.
+    size: image side in pixels.
+    encode: return JPEG bytes (True) or the uint8 image (False).
+    **kwargs: `ratios`, `cue_size`, `distractors` of `draw_cues_example`.
+
+  Returns:
+    Dict with `image`, `labels` (int8 [C], no unknown labels), `index`, `image_id`,
+    `cue_boxes` (float32 [C, 4]).
+  """
+  draw_rng, _ = example_rngs(split, index, seed)
+  drawing = draw_cues_example(draw_rng, size, **kwargs)
+  return {
+    'image': encode_jpeg(drawing.image) if encode else drawing.image,
+    'labels': drawing.labels,
+    'index': index,
+    'image_id': f'{split}_{index:07d}',
+    'cue_boxes': drawing.cue_boxes,
+  }
