@@ -328,7 +328,6 @@ def _check_data(c: _Checker) -> None:
   from jaxattr.data import input_pipeline
 
   c.choice('data.unknown_label', losses.UNKNOWN_MODES)
-  c.integer('data.shuffle_buffer', 1)
   parallel = c.get('data.num_parallel_calls')
   if _ok(parallel) and not (is_int(parallel) and (parallel == -1 or parallel >= 1)):
     c.problems.append(
@@ -340,10 +339,8 @@ def _check_data(c: _Checker) -> None:
     c.problems.append(
       f'config.data.prefetch: must be -1 (AUTOTUNE) or an integer >= 0, got {prefetch!r}'
     )
-  c.boolean('data.cache')
   c.choice('data.on_bad_image', input_pipeline.BAD_IMAGE_MODES)
-  if 'max_image_pixels' in c.config.data:
-    c.integer('data.max_image_pixels', 1)
+  c.integer('data.max_image_pixels', 1)
 
 
 def _check_pretrained(c: _Checker, backbone: Any, backbones: Sequence[str]) -> None:

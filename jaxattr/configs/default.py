@@ -41,13 +41,14 @@ def get_config() -> ml_collections.ConfigDict:
   # Unknown labels (-1): 'negative' (the literature) or 'ignore' (masked in the loss).
   # Evaluation always ignores them.
   data.unknown_label = 'negative'
-  data.shuffle_buffer = 16_384
   data.num_parallel_calls = -1  # tf.data.AUTOTUNE
   data.prefetch = 2
-  data.cache = False  # Cache the encoded split in memory (small datasets).
   # At train time a corrupt image is reported with its id and skipped ('skip'),
   # or stops the run ('fail').
   data.on_bad_image = 'fail'
+  # Images with more pixels (width x height) are refused, naming the file: far above
+  # any person crop, and such an image still decodes in about 0.3 GB.
+  data.max_image_pixels = 100_000_000
 
   # --- Model ------------------------------------------------------------------
   config.model = model = ml_collections.ConfigDict()

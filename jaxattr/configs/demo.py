@@ -39,8 +39,6 @@ def get_config(arg: str | None = None):
   config.data.image_size = 112
   config.data.resize_size = 128
   config.data.crop_min, config.data.crop_max = 112, 128
-  config.data.cache = True
-  config.data.shuffle_buffer = 6_000
 
   config.model.backbone = 'resnet18'
   config.model.width = 0.125

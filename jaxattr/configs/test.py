@@ -17,8 +17,6 @@ def get_config(arg: str | None = None):
   config.data.image_size = 64
   config.data.resize_size = 72
   config.data.crop_min, config.data.crop_max = 48, 72
-  config.data.shuffle_buffer = 1024
-  config.data.cache = True
 
   config.model.backbone = 'resnet18'
   config.model.width = 0.0625
