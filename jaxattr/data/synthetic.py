@@ -5,10 +5,9 @@ drawn person crops (`jaxattr.data.painter` draws them; its docstring says what
 makes them hard). This module stores them as a TFDS dataset: three builder
 configs of different sizes, each example a pure function of (seed, split, index),
 so a config's splits are prefixes of a larger config's. The extra feature
-`cue_boxes` gives where each drawn cue is, for the pointing game. Two more configs,
-`cues` and `cues_tiny`, hold the controlled localisation task of
-experiments/localisation.py (`painter.draw_cues_example`): other attributes, same
-features.
+`cue_boxes` gives where each drawn cue is, for the pointing game. One more config,
+`cues`, holds the controlled localisation task of experiments/localisation.py
+(`painter.draw_cues_example`): other attributes, same features.
 """
 
 import dataclasses
@@ -19,9 +18,7 @@ import tensorflow_datasets as tfds
 from jaxattr.data import common
 from jaxattr.data.painter import (
   ATTRIBUTES,
-  CUE_DISTRACTORS,
   CUE_NAMES,
-  CUE_SIZE,
   NUM_CLASSES,
   generate,
   generate_cues,
@@ -51,10 +48,6 @@ class SyntheticAttributesConfig(tfds.core.BuilderConfig):
     kind: 'pedestrians' (the 14 WIDER attributes, `painter.draw_example`) or
       'cues' (the controlled localisation task, `painter.draw_cues_example`).
     image_size: side of the square images of kind 'cues'.
-    cue_ratio: kind 'cues': 0 for the imbalanced ratios of `painter.CUE_ATTRIBUTES`,
-      else every attribute's positive ratio.
-    cue_size: kind 'cues': range of a shape's side (fraction of the image side).
-    cue_distractors: kind 'cues': inclusive range of distractors per image.
   """
 
   num_train: int = 6000
@@ -63,9 +56,6 @@ class SyntheticAttributesConfig(tfds.core.BuilderConfig):
   seed: int = 0
   kind: str = 'pedestrians'
   image_size: int = 112
-  cue_ratio: float = 0.0
-  cue_size: tuple[float, float] = CUE_SIZE
-  cue_distractors: tuple[int, int] = CUE_DISTRACTORS
 
 
 class SyntheticAttributes(tfds.core.GeneratorBasedBuilder):
@@ -77,7 +67,7 @@ class SyntheticAttributes(tfds.core.GeneratorBasedBuilder):
     '1.1.0': (
       'Cues visible at 112 px (taller sunglasses, larger logos and face masks, wider '
       'stripes), no dark face masks, hats contrast with the hair (issue 15); the '
-      '`cues` and `cues_tiny` configs of the localisation task.'
+      '`cues` config of the localisation task.'
     ),
   }
   BUILDER_CONFIGS = [
@@ -114,21 +104,6 @@ class SyntheticAttributes(tfds.core.GeneratorBasedBuilder):
       num_test=1000,
       kind='cues',
       image_size=112,
-    ),
-    SyntheticAttributesConfig(
-      name='cues_tiny',
-      description=(
-        'An easier cues task for the test of the mechanism: 64x64, larger shapes '
-        '(8-10 px), 1-3 distractors, every attribute at 50 %; 1,024 / 256 / 256.'
-      ),
-      num_train=1024,
-      num_validation=256,
-      num_test=256,
-      kind='cues',
-      image_size=64,
-      cue_ratio=0.5,
-      cue_size=(0.13, 0.16),
-      cue_distractors=(1, 3),
     ),
   ]
   DEFAULT_CONFIG_NAME = 'small'
@@ -169,11 +144,8 @@ class SyntheticAttributes(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str, num_examples: int):
     cfg = self.builder_config
     if cfg.kind == 'cues':
-      kwargs = {'cue_size': cfg.cue_size, 'distractors': cfg.cue_distractors}
-      if cfg.cue_ratio:
-        kwargs['ratios'] = [cfg.cue_ratio] * len(CUE_NAMES)
       for index in range(num_examples):
-        yield index, generate_cues(split, index, cfg.seed, cfg.image_size, **kwargs)
+        yield index, generate_cues(split, index, cfg.seed, cfg.image_size)
       return
     for example in generate_range(split, num_examples, cfg.seed):
       yield example['index'], example
