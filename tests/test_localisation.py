@@ -128,7 +128,7 @@ def test_attention_masks_point_at_the_cue():
   masks to find; experiments/localisation.py runs the full model at 112 px.
   """
   rng = np.random.default_rng(0)
-  x_train, y_train, _ = _feature_maps(1024, rng)
+  x_train, y_train, _ = _feature_maps(2048, rng)
   x_test, y_test, cue_cells = _feature_maps(512, rng)
   head = attention.AttentionHead(NUM_ATTRIBUTES, mask_channels=16, classifier_channels=(16, 32, 32))
   variables = head.init(jax.random.key(0), x_train[:2], train=False)
