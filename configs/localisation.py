@@ -1,6 +1,6 @@
-"""The controlled localisation task of experiments/localisation.py (issue 15).
+r"""The controlled localisation task of experiments/localisation.py (issue 15).
 
-  python experiments/localisation.py --config=configs/localisation.py \
+  python -m experiments.localisation --config=configs/localisation.py \
       --out=experiments/results/localisation.md
 
 The demo's model and recipe (configs/demo.py: ResNet-18 at 1/8 width, 112x112,

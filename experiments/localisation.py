@@ -1,8 +1,8 @@
-"""Does the attention look at the cue? Masks, weighted masks and the primary network's CAMs.
+r"""Does the attention look at the cue? Masks, weighted masks and the primary network's CAMs.
 
-  python experiments/localisation.py --config=configs/localisation.py \
+  python -m experiments.localisation --config=configs/localisation.py \
       --out=experiments/results/localisation.md
-  python experiments/localisation.py --config=configs/demo.py --trace_every_steps=100 \
+  python -m experiments.localisation --config=configs/demo.py --trace_every_steps=100 \
       --skip_primary --out=/tmp/demo_trace.md            # the demo's diagnosis (issue 15)
 
 Trains the config's attention model and, unless `--skip_primary`, the same config
@@ -49,12 +49,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # Run as a script: make `configs` importable.
-  sys.path.insert(0, str(ROOT))
-
-from jaxattr import inference, losses, metrics, sharding  # noqa: E402
-from jaxattr import train as train_lib  # noqa: E402
+from jaxattr import inference, losses, metrics, sharding
+from jaxattr import train as train_lib
 
 FLAGS = flags.FLAGS
 
@@ -442,8 +438,8 @@ def markdown(results: dict[str, dict[str, Any]], command: str) -> str:
   for model_name, r in results.items():
     lines.append(
       f'**{model_name}**: test mAP (VOC) {100 * r["map_voc"]:.1f}; best validation step '
-      f'{r["best_step"]} of {r["steps"]}; {r["wall_s"] / 60:.1f} min; each branch alone: '
-      + ', '.join(f'{k} {100 * v:.1f}' for k, v in r.get('branch_map', {}).items())
+      f'{r["best_step"]} of {r["steps"]}; {r["wall_s"] / 60:.1f} min'
+      + ''.join(f'; {k} branch alone {100 * v:.1f}' for k, v in r.get('branch_map', {}).items())
       + '.'
     )
   lines += [
@@ -520,7 +516,7 @@ def markdown(results: dict[str, dict[str, Any]], command: str) -> str:
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  command = 'python ' + ' '.join(sys.argv)
+  command = 'python -m experiments.localisation ' + ' '.join(sys.argv[1:])
   if FLAGS.uniform_masks:
     from jaxattr.models import attention
 
