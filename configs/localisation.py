@@ -19,7 +19,6 @@ from jaxattr.configs import demo
 def get_config(arg: str | None = None):
   config = demo.get_config(arg)
   config.data.builder_config = 'cues'
-  config.data.shuffle_buffer = 3_000
   config.train.num_epochs = 8
   config.eval.attention_grid = False
   return config
