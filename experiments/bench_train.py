@@ -1,12 +1,12 @@
 r"""Speed of the real train and eval steps on this machine, and the method's overhead.
 
-  python experiments/bench_train.py --backbone=resnet50 --batch=8 --image_size=224
-  python experiments/bench_train.py --backbone=vit_b_16,swin_t,convnext_tiny,resnet50 \
+  python -m experiments.bench_train --backbone=resnet50 --batch=8 --image_size=224
+  python -m experiments.bench_train --backbone=vit_b_16,swin_t,convnext_tiny,resnet50 \
       --batch=8 --image_size=224             # several backbones, one after another
-  python experiments/bench_train.py --backbone=resnet50 --batch=8 --image_size=224 \
+  python -m experiments.bench_train --backbone=resnet50 --batch=8 --image_size=224 \
       --compare_torch
-  python experiments/bench_train.py --backbone=resnet50 --batch=8 --image_size=224 --pieces
-  python experiments/bench_train.py --backbone=resnet18 --width=0.125 --image_size=112 \
+  python -m experiments.bench_train --backbone=resnet50 --batch=8 --image_size=224 --pieces
+  python -m experiments.bench_train --backbone=resnet18 --width=0.125 --image_size=112 \
       --batch=32 --steps=10       # the demo's model
 
 Builds `train.train_step` / `evaluation.eval_step` exactly as `train.create_experiment`
