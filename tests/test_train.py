@@ -100,8 +100,11 @@ def test_main_writes_everything(data_dir, tmp_path):
   game = results['test']['pointing_game']['mask_4']
   assert f'Test pointing game mask_4: {100 * game["overall"]:.1f} % (chance' in proc.stderr
   assert 0 < game['chance'] < 1
+  # Orbax's INFO lines are gone (its warnings stay: under load it warns that a save
+  # waited for the previous one, which is not chatter).
+  info_lines = [line for line in proc.stderr.splitlines() if line.startswith('I')]
   for orbax_file in ('checkpoint_manager.py', 'async_checkpointer.py', 'event_tracking.py'):
-    assert f'{orbax_file}:' not in proc.stderr, orbax_file
+    assert not [line for line in info_lines if f'{orbax_file}:' in line], orbax_file
 
 
 def test_library_info_filter():
