@@ -238,7 +238,10 @@ URGENT=$(env "$MARK" sbatch --parsable --partition=urgent --ntasks=2 --output="$
 JOBS+=("$URGENT")
 wait_for 'the urgent job to finish' "[[ \$(state $URGENT) == COMPLETED ]]"
 say "$(cat "$TMP/urgent.out")"
-wait_for "job $JOB to finish" "[[ \$(state $JOB) != RUNNING && \$(state $JOB) != PENDING && \$(state $JOB) != REQUEUED ]]"
+# Wait for an end state: between the preemption and the restart the job passes through
+# PREEMPTED, REQUEUED, PENDING, CONFIGURING (and scontrol may miss a poll), none of them an end.
+ended() { [[ $(state "$1") =~ ^(COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY|BOOT_FAIL|DEADLINE)$ ]]; }
+wait_for "job $JOB to finish" "ended $JOB"
 record=$(scontrol show job "$JOB")
 echo "--- the job's log ($LOG), training lines thinned:"
 grep -vE '\] \[[0-9]+\] .*train/|reader.py|logging_logger.py|dataset_info.py' "$LOG" | cut -c1-220
