@@ -9,7 +9,7 @@ state dict (`.pth` / `.pt` with torch installed, `.safetensors` with the
 Flax backbone of `jaxattr.models` and writes DIR/backbone.msgpack (the
 `{'params', 'batch_stats'}` trees of the backbone, via `flax.serialization`) and
 DIR/meta.json (arch, width, source file name, its sha256). Training loads it with
-`--config.model.pretrained=DIR` (`jaxattr.train.load_pretrained` ->
+`--config.model.pretrained=DIR` (`jaxattr.pretrained.load_into` ->
 `load_backbone`).
 
 The mapping is the naming rule of `jaxattr/models/resnet.py`: the torch key split

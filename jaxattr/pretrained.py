@@ -4,7 +4,7 @@
       --config.model.pretrained=torchvision:resnet101
 
 `resolve` turns such a spec into the directory of a converted backbone, which
-`train.load_pretrained` reads as it reads any directory written by `python -m
+`load_into` reads as it reads any directory written by `python -m
 jaxattr.convert`; a value that does not start with `torchvision:` is such a directory
 and is returned unchanged. For `torchvision:ARCH[:WEIGHTS]` (WEIGHTS is torchvision's
 enum name, `IMAGENET1K_V1` by default: the weights of the paper's time) it
@@ -47,12 +47,16 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import jax
+import jax.numpy as jnp
 from absl import logging
 
 from jaxattr import convert
 from jaxattr.data.common import DataError
 from jaxattr.models import registry
+from jaxattr.optim import BACKBONE
 
 PREFIX = 'torchvision:'
 DEFAULT_BASE_URL = 'https://download.pytorch.org/models'
@@ -331,3 +335,43 @@ def _convert(arch: str, download: Path, out_dir: Path) -> None:
     tmp.rename(out_dir)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_into(state: Any, path: str) -> Any:
+  """A train state with its backbone parameters and statistics replaced by a converted backbone.
+
+  Args:
+    state: the fresh `train.TrainState` (sharded); the heads keep their init.
+    path: a directory written by `python -m jaxattr.convert` (or `resolve`).
+
+  Returns:
+    The state, each loaded array put on the sharding of the one it replaces.
+
+  Raises:
+    ValueError: naming `path`, if the file's tree or shapes do not match the model.
+  """
+  backbone = convert.load_backbone(path)
+  params = dict(state.params)
+  batch_stats = dict(state.batch_stats)
+  params[BACKBONE] = _checked_replace(state.params[BACKBONE], backbone['params'], path)
+  if BACKBONE in state.batch_stats:
+    batch_stats[BACKBONE] = _checked_replace(
+      state.batch_stats[BACKBONE], backbone['batch_stats'], path
+    )
+  n = sum(x.size for x in jax.tree.leaves(backbone['params']))
+  logging.info(
+    'Loaded pretrained backbone from %s (%d parameters); heads keep their init.', path, n
+  )
+  return state.replace(params=params, batch_stats=batch_stats)
+
+
+def _checked_replace(current, loaded, path):
+  cur_struct = jax.tree.structure(current)
+  if jax.tree.structure(loaded) != cur_struct:
+    raise ValueError(f'{path}: the backbone in the file does not match config.model.backbone.')
+  for a, b in zip(jax.tree.leaves(current), jax.tree.leaves(loaded), strict=True):
+    if a.shape != b.shape:
+      raise ValueError(f'{path}: shape {b.shape} in the file, {a.shape} in the model.')
+  return jax.tree.map(
+    lambda a, b: jax.device_put(jnp.asarray(b, a.dtype), a.sharding), current, loaded
+  )

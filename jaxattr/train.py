@@ -214,37 +214,6 @@ def create_train_state(
   return jax.jit(init, out_shardings=sharding)()
 
 
-def load_pretrained(state: TrainState, path: str) -> TrainState:
-  """Replaces the backbone parameters and statistics with converted weights."""
-  from jaxattr import convert  # Imported here: only runs that load weights need it.
-
-  backbone = convert.load_backbone(path)
-  params = dict(state.params)
-  batch_stats = dict(state.batch_stats)
-  params[BACKBONE] = _checked_replace(state.params[BACKBONE], backbone['params'], path)
-  if BACKBONE in state.batch_stats:
-    batch_stats[BACKBONE] = _checked_replace(
-      state.batch_stats[BACKBONE], backbone['batch_stats'], path
-    )
-  n = sum(x.size for x in jax.tree.leaves(backbone['params']))
-  logging.info(
-    'Loaded pretrained backbone from %s (%d parameters); heads keep their init.', path, n
-  )
-  return state.replace(params=params, batch_stats=batch_stats)
-
-
-def _checked_replace(current, loaded, path):
-  cur_struct = jax.tree.structure(current)
-  if jax.tree.structure(loaded) != cur_struct:
-    raise ValueError(f'{path}: the backbone in the file does not match config.model.backbone.')
-  for a, b in zip(jax.tree.leaves(current), jax.tree.leaves(loaded), strict=True):
-    if a.shape != b.shape:
-      raise ValueError(f'{path}: shape {b.shape} in the file, {a.shape} in the model.')
-  return jax.tree.map(
-    lambda a, b: jax.device_put(jnp.asarray(b, a.dtype), a.sharding), current, loaded
-  )
-
-
 # --- The experiment ----------------------------------------------------------------
 
 
@@ -464,7 +433,7 @@ def _train_and_evaluate(config, workdir: Path, devices) -> dict[str, Any]:
     from jaxattr import pretrained  # `torchvision:ARCH` -> a converted directory (cached).
 
     path = pretrained.resolve(config.model.pretrained, config.model.backbone, config.model.width)
-    state = load_pretrained(state, path)
+    state = pretrained.load_into(state, path)
   if is_main:  # The config in use from this step on: config.json, config_history.jsonl.
     rundir.record_config(workdir, config, int(state.step))
 

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxattr import export, train
+from jaxattr import export, pretrained, train
 from jaxattr.data import synthetic
 from tests.conftest import make_config
 from tests.test_tools import assert_close_metrics, images, run_tool  # noqa: F401 (fixture)
@@ -112,7 +112,7 @@ def test_training_starts_from_a_converted_vit(data_dir, tmp_path):
   config = family_config(data_dir, 'vit', **{'model.pretrained': str(tmp_path / 'pretrained')})
   ex = train.create_experiment(config, devices=jax.devices()[:1])
   assert 'backbone' not in ex.state.batch_stats
-  state = train.load_pretrained(ex.state, config.model.pretrained)
+  state = pretrained.load_into(ex.state, config.model.pretrained)
   backbone = jax.device_get(state.params['backbone'])
   sd = reference.state_dict()
   np.testing.assert_array_equal(backbone['class_token'], sd['class_token'].numpy())
@@ -126,16 +126,15 @@ def test_training_starts_from_a_converted_vit(data_dir, tmp_path):
 
 
 @pytest.fixture(scope='module')
-def vit_run(tmp_path_factory):
+def vit_run(tmp_path_factory, data_dir):
   """One `python -m jaxattr.main` run of configs/test.py with the tiny ViT."""
-  root = tmp_path_factory.mktemp('vit_tools')
-  workdir = root / 'run'
+  workdir = tmp_path_factory.mktemp('vit_tools') / 'run'
   backbone, width = FAMILIES['vit']
   proc = run_tool(
     'jaxattr.main',
     '--config=configs/test.py',
     f'--workdir={workdir}',
-    f'--config.data.data_dir={root / "tfds"}',
+    f'--config.data.data_dir={data_dir}',
     f'--config.model.backbone={backbone}',
     f'--config.model.width={width}',
     timeout=900,

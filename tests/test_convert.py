@@ -28,7 +28,7 @@ import torch
 from flax import traverse_util
 
 from configs import test as test_config
-from jaxattr import convert, train
+from jaxattr import convert, pretrained, train
 from jaxattr.models import create_backbone
 from jaxattr.models import densenet as densenet_lib
 from jaxattr.models import model as model_lib
@@ -449,7 +449,7 @@ def test_training_starts_from_converted_weights(tiny_resnet, tmp_path):
   config.model.pretrained = str(tmp_path / 'pretrained')
   ex = train.create_experiment(config, devices=jax.devices()[:1])
   before = jax.tree.map(np.asarray, (ex.state.params, ex.state.batch_stats))
-  state = train.load_pretrained(ex.state, config.model.pretrained)
+  state = pretrained.load_into(ex.state, config.model.pretrained)
   params, stats = jax.tree.map(np.asarray, (state.params, state.batch_stats))
 
   backbone = params['backbone']
@@ -479,4 +479,4 @@ def test_training_starts_from_converted_weights(tiny_resnet, tmp_path):
     {'arch': 'resnet18'},
   )
   with pytest.raises(ValueError, match='shape'):
-    train.load_pretrained(ex.state, str(other))
+    pretrained.load_into(ex.state, str(other))
