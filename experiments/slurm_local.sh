@@ -188,6 +188,9 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SchedulerType=sched/backfill
+# Scheduling passes every 2 s (60 s / 30 s by default): a requeued job becomes eligible
+# ~10 s after its preemption, with no event to wake the scheduler then.
+SchedulerParameters=sched_interval=2,bf_interval=2
 MpiDefault=none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
