@@ -2,9 +2,9 @@
 
 Four fake CPU devices, so data-parallel code is tested on more than one device
 (tests that want one device build their mesh over `jax.devices()[:1]`), and a
-persistent compilation cache, so that tests (and both `-n 2` workers) that compile
-the same tiny model share the work. Below them: the tiny synthetic dataset as a
-session fixture (`data_dir`), `make_config`, `sorted_examples` and `write_blank_png`.
+persistent compilation cache, so tests that compile the same tiny model share
+the work. Below them: the tiny synthetic dataset as a session fixture
+(`data_dir`), `make_config`, `sorted_examples` and `write_blank_png`.
 """
 
 import os
