@@ -174,6 +174,7 @@ def summarize(sweep: 'launch.Sweep', workdir: str | Path, note: str = '') -> str
   has_pointing = any('pointing_game' in r['results']['test'] for r in runs)
   if has_pointing:
     header += [f'pointing game a·s, stage {k[-1]}' for k in POINTING_KEYS]
+  header.append('best step, % of training')  # Convergence: 100 = still improving at the end.
   lines += ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
 
   first_mean = None
@@ -210,6 +211,9 @@ def summarize(sweep: 'launch.Sweep', workdir: str | Path, note: str = '') -> str
           if key in r['results']['test'].get('pointing_game', {})
         ]
         cells.append(format_mean_std(values, digits=1))
+    cells.append(
+      format_mean_std([r['results']['best_step'] / r['results']['steps'] for r in group], digits=0)
+    )
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
 

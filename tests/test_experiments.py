@@ -415,11 +415,15 @@ def test_summarize_hand_computed(fake_sweep, tmp_path):
   # std sqrt(((-20)^2 + (-10)^2 + 30^2) / 2) = sqrt(700) = 26.4575...
   assert plain[:4] == ['plain', '3', '72.00 ± 2.00', '—']
   assert plain[4] == '30.00 ± 26.46'
-  assert plain[7:] == ['—', '—']  # No pointing game without attention.
+  assert plain[7:9] == ['—', '—']  # No pointing game without attention.
+  # Best step / steps: 50, 100, 100 % -> mean 83.3, std sqrt((33.3^2 + 2 * 16.7^2) / 2) = 28.9.
+  assert header[9] == 'best step, % of training'
+  assert plain[9] == '83 ± 29'
   # focal: mAP 80, 81 -> mean 80.5, std sqrt(0.5) = 0.7071; Δ = 80.5 - 72 = +8.50.
   assert focal[:4] == ['focal', '2 of 3', '80.50 ± 0.71', '+8.50']
   assert focal[4] == '35.00 ± 7.07'
-  assert focal[7:] == ['—', '30.0 ± 7.1']  # Level 3 absent; level 4: 25, 35.
+  assert focal[7:9] == ['—', '30.0 ± 7.1']  # Level 3 absent; level 4: 25, 35.
+  assert focal[9] == '100 ± 0'
   assert 'train.num_epochs=6' in text
   assert '5 of 6 runs finished' in text
   assert 'best validation step is their last: 4 of 5.' in text  # All but mAP 0.70.
