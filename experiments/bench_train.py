@@ -34,24 +34,18 @@ import functools
 import os
 import resource
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # Run as a script: make `configs` importable.
-  sys.path.insert(0, str(ROOT))
-
-from configs import default  # noqa: E402
-from jaxattr import evaluation, inference, losses, optim, sharding, train  # noqa: E402
-from jaxattr.models import attention as attention_lib  # noqa: E402
-from jaxattr.models import model as model_lib  # noqa: E402
+from jaxattr import evaluation, inference, losses, optim, sharding, train
+from jaxattr.configs import default
+from jaxattr.models import attention as attention_lib
+from jaxattr.models import model as model_lib
 
 _BACKBONE = flags.DEFINE_list(
   'backbone',

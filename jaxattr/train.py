@@ -211,7 +211,13 @@ def create_train_state(
       best_metric=jnp.full((), -jnp.inf, jnp.float32),
     )
 
-  return jax.jit(init, out_shardings=sharding)()
+  lowered = jax.jit(init, out_shardings=sharding).lower()
+  # XLA:CPU compiles the init's many random streams (one threefry per parameter)
+  # slowly at LLVM's default -O2: 25 s for configs/test.py's model, 6 s at -O1, with
+  # the same bits (tests/test_train.py compares them). Accelerators keep their defaults.
+  cpu = all(d.platform == 'cpu' for d in sharding.device_set)
+  options = {'xla_backend_optimization_level': 1} if cpu else {}
+  return lowered.compile(compiler_options=options)()
 
 
 # --- The experiment ----------------------------------------------------------------

@@ -199,7 +199,7 @@ def test_add_runs_is_seed_major():
 # The experiments/ files this test vouches for: scripts run as modules (their
 # docstrings say so) and nothing edits the import path.
 SCRIPTS = ('launch', 'summarize', 'bench_input', 'bench_metrics', 'bench_synthetic')
-SCRIPTS += ('stress_preemption',)
+SCRIPTS += ('stress_preemption', 'bench_train', 'localisation')
 MODULES = ('sweeps', 'wider_table2', 'peta_table4')
 
 
@@ -481,7 +481,8 @@ def test_bench_train_prints_every_figure():
   result = subprocess.run(
     [
       sys.executable,
-      str(EXPERIMENTS / 'bench_train.py'),
+      '-m',
+      'experiments.bench_train',
       '--backbone=resnet18',
       '--width=0.0625',
       '--image_size=64',
@@ -492,6 +493,7 @@ def test_bench_train_prints_every_figure():
       '--pieces',
     ],
     capture_output=True,
+    cwd=ROOT,
     text=True,
     timeout=600,
     check=False,

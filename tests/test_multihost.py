@@ -21,10 +21,9 @@ import jax
 import numpy as np
 import pytest
 
-from configs import test as test_config
 from jaxattr import checkpoints, train
-from jaxattr.data import input_pipeline
-from tests.test_train import make_config, tree_allclose
+from tests.conftest import make_config
+from tests.test_train import tree_allclose
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 300  # Seconds for one launch of both processes (cold compile, busy machine).
@@ -41,15 +40,6 @@ OVERRIDES = {
   'train.log_every_steps': 2,
   'eval.attention_grid': True,
 }
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory) -> str:
-  path = tmp_path_factory.mktemp('tfds')
-  config = test_config.get_config()
-  config.data.data_dir = str(path)
-  input_pipeline.prepare(input_pipeline.get_builder(config.data), config.data)
-  return str(path)
 
 
 def _free_port() -> int:

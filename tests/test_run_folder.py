@@ -20,9 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import test as test_config
 from jaxattr import checkpoints, evaluate, export, inference, rundir, train
-from jaxattr.data import input_pipeline
+from tests.conftest import make_config
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 600  # Seconds for one subprocess (a cold compile on a busy 2-core machine).
@@ -34,22 +33,8 @@ OVERRIDES = {
 }
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory) -> str:
-  path = tmp_path_factory.mktemp('tfds')
-  config = test_config.get_config()
-  config.data.data_dir = str(path)
-  input_pipeline.prepare(input_pipeline.get_builder(config.data), config.data)
-  return str(path)
-
-
 def _config(data_dir: str):
-  config = test_config.get_config()
-  config.data.data_dir = data_dir
-  for field, value in OVERRIDES.items():
-    section, name = field.split('.')
-    config[section][name] = value
-  return config
+  return make_config(data_dir, **OVERRIDES)
 
 
 @pytest.fixture(scope='module')
