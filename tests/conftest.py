@@ -4,11 +4,14 @@ Four fake CPU devices, so data-parallel code is tested on more than one device
 (tests that want one device build their mesh over `jax.devices()[:1]`), and a
 persistent compilation cache, so tests that compile the same tiny model share
 the work. Below them: the tiny synthetic dataset as a session fixture
-(`data_dir`), `make_config`, `sorted_examples` and `write_blank_png`.
+(`data_dir`), one trained run of configs/test.py (`trained_run`), `make_config`,
+`run_tool`, `sorted_examples` and `write_blank_png`.
 """
 
 import os
 import struct
+import subprocess
+import sys
 import tempfile
 import zlib
 from pathlib import Path
@@ -24,6 +27,15 @@ jax.config.update(
   'jax_compilation_cache_dir', os.path.join(tempfile.gettempdir(), 'jaxattr_test_jax_cache')
 )
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+REPO = Path(__file__).resolve().parents[1]
+# Subprocesses share the tests' persistent compilation cache.
+TOOL_ENV = {
+  **os.environ,
+  'JAX_COMPILATION_CACHE_DIR': jax.config.jax_compilation_cache_dir,
+  'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.5',
+  'TF_CPP_MIN_LOG_LEVEL': '2',
+}
 
 
 # ---------------------------------------------------------------------------
@@ -46,6 +58,37 @@ def data_dir(tmp_path_factory) -> str:
   config.data.data_dir = str(path)
   input_pipeline.prepare(input_pipeline.get_builder(config.data), config.data)
   return str(path)
+
+
+@pytest.fixture(scope='session')
+def trained_run(tmp_path_factory, data_dir) -> tuple[Path, subprocess.CompletedProcess]:
+  """One `python -m jaxattr.main --config=configs/test.py` run on `data_dir`: (workdir, process).
+
+  tests/test_train.py checks what the run writes and prints, tests/test_tools.py runs the
+  tools on it. Tools may add their own files to the workdir; none changes the run's.
+  """
+  workdir = tmp_path_factory.mktemp('trained') / 'run'
+  proc = run_tool(
+    'jaxattr.main',
+    '--config=configs/test.py',
+    f'--workdir={workdir}',
+    f'--config.data.data_dir={data_dir}',
+    timeout=900,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir, proc
+
+
+def run_tool(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+  """`python -m *args` from the repository root, sharing the compilation cache; output captured."""
+  return subprocess.run(
+    [sys.executable, '-m', *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env=TOOL_ENV,
+  )
 
 
 def make_config(data_dir: str, **overrides: Any):

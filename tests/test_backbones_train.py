@@ -16,8 +16,8 @@ import pytest
 
 from jaxattr import export, pretrained, train
 from jaxattr.data import synthetic
-from tests.conftest import make_config
-from tests.test_tools import assert_close_metrics, images, run_tool  # noqa: F401 (fixture)
+from tests.conftest import make_config, run_tool
+from tests.test_tools import assert_close_metrics, images  # noqa: F401 (fixture)
 from tests.test_train import run_steps, tree_allclose
 
 # family -> (registered architecture, width): k1 / k2 of 4x4 / 4x4 (ViT, D = 48),

@@ -1,21 +1,16 @@
 """Tests of the tools for trained models: evaluate, predict, export, visualize, inference.
 
-One tiny run of configs/test.py (the real `python -m jaxattr.main`) is shared by
-every test. Expected probabilities come from a second path: the training code's own
-`Checkpointer.restore` of the whole train state, images normalised by hand in
-numpy, `model.apply` and a sigmoid. Expected metrics come from the run's own
-results.json and from sklearn.
+The session's tiny run of configs/test.py (the real `python -m jaxattr.main`,
+conftest.py's `trained_run`) is shared by every test. Expected probabilities come
+from a second path: the training code's own `Checkpointer.restore` of the whole
+train state, images normalised by hand in numpy, `model.apply` and a sigmoid.
+Expected metrics come from the run's own results.json and from sklearn.
 """
 
 import io
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -23,32 +18,13 @@ import pytest
 from PIL import Image
 from sklearn.metrics import f1_score, precision_score, recall_score
 
-from configs import test as test_config
 from jaxattr import checkpoints, evaluate, export, inference, predict, rundir, train, visualize
 from jaxattr.data import input_pipeline, synthetic
 from jaxattr.models import model as model_lib
+from tests.conftest import make_config, run_tool
 
-REPO = Path(__file__).resolve().parents[1]
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
-# Subprocesses share the tests' persistent compilation cache (see conftest.py).
-ENV = {
-  **os.environ,
-  'JAX_COMPILATION_CACHE_DIR': os.path.join(tempfile.gettempdir(), 'jaxattr_test_jax_cache'),
-  'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.5',
-  'TF_CPP_MIN_LOG_LEVEL': '2',
-}
-
-
-def run_tool(*args, timeout=300):
-  return subprocess.run(
-    [sys.executable, '-m', *args],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=timeout,
-    env=ENV,
-  )
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -57,21 +33,9 @@ def error_lines(stderr: str) -> list[str]:
 
 
 @pytest.fixture(scope='module')
-def run(tmp_path_factory):
-  """One trained run of configs/test.py: (workdir, config)."""
-  root = tmp_path_factory.mktemp('tools')
-  workdir, data_dir = root / 'run', root / 'tfds'
-  proc = run_tool(
-    'jaxattr.main',
-    '--config=configs/test.py',
-    f'--workdir={workdir}',
-    f'--config.data.data_dir={data_dir}',
-    timeout=900,
-  )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  config = test_config.get_config()
-  config.data.data_dir = str(data_dir)
-  return workdir, config
+def run(trained_run, data_dir):
+  """The session's trained run of configs/test.py (conftest.py): (workdir, config)."""
+  return trained_run[0], make_config(data_dir)
 
 
 @pytest.fixture(scope='module')

@@ -3,9 +3,6 @@
 import json
 import logging
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -17,8 +14,6 @@ from jaxattr import checkpoints, inference, losses, metrics, train
 from jaxattr.data import input_pipeline
 from jaxattr.models import model as model_lib
 from tests.conftest import make_config
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def tree_allclose(a, b, rtol=1e-5):
@@ -43,18 +38,8 @@ def run_steps(ex, n, state=None, start=0):
   return state, losses_
 
 
-def test_main_writes_everything(data_dir, tmp_path):
-  workdir = tmp_path / 'run'
-  cmd = [
-    sys.executable,
-    '-m',
-    'jaxattr.main',
-    '--config=configs/test.py',
-    f'--workdir={workdir}',
-    f'--config.data.data_dir={data_dir}',
-  ]
-  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+def test_main_writes_everything(trained_run):
+  workdir, proc = trained_run
   for name in ('config.json', 'metrics.jsonl', 'results.json', 'results.md'):
     assert (workdir / name).is_file(), name
   assert list(workdir.glob('events.out.tfevents.*'))
