@@ -8,8 +8,11 @@ metric of the paper's table (mean ± sample standard deviation over the seeds, a
 n), its difference to the first row, the APs of the three rarest attributes (by
 training positive ratio), and on synthetic data the pointing-game accuracy of the
 confidence-weighted attention masks of both levels ('—' where a level is absent).
-On a real dataset the paper's number stands beside ours. Above the table: the
-budget, read from the runs' config.json, and their wall time.
+On a real dataset the paper's number stands beside ours. Two convergence columns:
+the best validation step as a share of training, and how much the validation
+metric still rose in the last fifth of training (best value minus the value at the
+last evaluation at or before 80 % of the steps, from metrics.jsonl). Above the
+table: the budget, read from the runs' config.json, and their wall time.
 """
 
 import json
@@ -77,14 +80,31 @@ def get_key(tree: dict[str, Any], dotted: str) -> Any:
 
 
 def load_run(run_dir: Path) -> dict[str, Any] | None:
-  """results.json, config.json and attributes.json of a finished run (None if unfinished)."""
+  """results.json, config.json, attributes.json and metrics.jsonl's rows of a finished run.
+
+  None if unfinished; missing optional files give {} (rows: []).
+  """
   if not launch.is_finished(run_dir):
     return None
   run = {'results': json.loads((run_dir / 'results.json').read_text())}
   for name in ('config', 'attributes'):
     path = run_dir / f'{name}.json'
     run[name] = json.loads(path.read_text()) if path.is_file() else {}
+  path = run_dir / 'metrics.jsonl'
+  lines = path.read_text().splitlines() if path.is_file() else []
+  run['rows'] = [json.loads(line) for line in lines]
   return run
+
+
+def last_fifth_gain(run: dict[str, Any], metric: str) -> float | None:
+  """Best validation `metric` minus its value at the last evaluation at or before 80 % of
+  the run's steps (None without such an evaluation)."""
+  key = f'val/{metric}'
+  curve = {r['step']: r[key] for r in run['rows'] if key in r}
+  early = [step for step in curve if step <= 0.8 * run['results']['steps']]
+  if not early:
+    return None
+  return max(curve.values()) - curve[max(early)]
 
 
 def _row_info(module, overrides: dict[str, Any]) -> tuple[str | None, float | None]:
@@ -175,6 +195,7 @@ def summarize(sweep: 'launch.Sweep', workdir: str | Path, note: str = '') -> str
   if has_pointing:
     header += [f'pointing game a·s, stage {k[-1]}' for k in POINTING_KEYS]
   header.append('best step, % of training')  # Convergence: 100 = still improving at the end.
+  header.append(f'validation {METRIC_NAMES.get(metric, metric)} gained in the last fifth')
   lines += ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
 
   first_mean = None
@@ -214,6 +235,8 @@ def summarize(sweep: 'launch.Sweep', workdir: str | Path, note: str = '') -> str
     cells.append(
       format_mean_std([r['results']['best_step'] / r['results']['steps'] for r in group], digits=0)
     )
+    gains = [last_fifth_gain(r, metric) for r in group]
+    cells.append(format_mean_std([g for g in gains if g is not None]))
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
 

@@ -370,8 +370,13 @@ NAMES = ['a', 'b', 'c', 'd', 'e']
 RATIOS = [0.5, 0.04, 0.3, 0.02, 0.1]  # Rarest three: d (2%), b (4%), e (10%).
 
 
-def _write_run(run_dir, map_voc, ap_d, pointing=None, epochs=6):
+def _write_run(run_dir, map_voc, ap_d, pointing=None, epochs=6, validation=None):
+  """A finished run of 100 steps; `validation`: step -> val mAP, into metrics.jsonl."""
   run_dir.mkdir(parents=True)
+  if validation is not None:
+    rows = [{'step': s, 'train/loss': 1.0} for s in validation]
+    rows += [{'step': s, 'val/map_voc': v} for s, v in validation.items()]
+    (run_dir / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
   per_attribute = {n: {'ap_voc': 0.5} for n in NAMES}
   per_attribute['d']['ap_voc'] = ap_d
   test = {'map_voc': map_voc, 'f1': 0.1, 'per_attribute': per_attribute}
@@ -400,9 +405,11 @@ def _table_rows(text):
 def test_summarize_hand_computed(fake_sweep, tmp_path):
   workdir = tmp_path / 'runs'
   dirs = fake_sweep.run_dirs(workdir)  # Order: (plain, 0), (focal, 0), (plain, 1), ...
-  _write_run(dirs[0], 0.70, 0.10)
-  _write_run(dirs[2], 0.72, 0.20)
-  _write_run(dirs[4], 0.74, 0.60)
+  # Validation mAP at or before step 80 (80 % of 100 steps) vs the best: gains of 1, 3
+  # and 0.5 points (the best of run 0 is before step 80: its gain counts from 0.66).
+  _write_run(dirs[0], 0.70, 0.10, validation={50: 0.67, 80: 0.66, 100: 0.65})
+  _write_run(dirs[2], 0.72, 0.20, validation={40: 0.60, 70: 0.70, 90: 0.73})
+  _write_run(dirs[4], 0.74, 0.60, validation={80: 0.74, 90: 0.745})
   _write_run(dirs[1], 0.80, 0.30, pointing=0.25)
   _write_run(dirs[3], 0.81, 0.40, pointing=0.35)  # Seed 2 of 'focal' never finished.
   text = summarize.summarize(fake_sweep, workdir)
@@ -424,6 +431,11 @@ def test_summarize_hand_computed(fake_sweep, tmp_path):
   assert focal[4] == '35.00 ± 7.07'
   assert focal[7:9] == ['—', '30.0 ± 7.1']  # Level 3 absent; level 4: 25, 35.
   assert focal[9] == '100 ± 0'
+  # Gains 1, 3, 0.5 -> mean 1.5, std sqrt((0.5^2 + 1.5^2 + 1^2) / 2) = sqrt(1.75) = 1.32;
+  # the focal runs logged no validation: no value.
+  assert header[10] == 'validation mAP (voc) gained in the last fifth'
+  assert plain[10] == '1.50 ± 1.32'
+  assert focal[10] == '—'
   assert 'train.num_epochs=6' in text
   assert '5 of 6 runs finished' in text
   assert 'best validation step is their last: 4 of 5.' in text  # All but mAP 0.70.
