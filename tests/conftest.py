@@ -29,6 +29,22 @@ jax.config.update(
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Under pytest-xdist (`-n 2 --dist=loadgroup`, the README's command) a test file is one
+# work unit, so its module fixtures are built once; test_tools joins test_train's unit
+# since both use the session's `trained_run`. The longest units (measured with
+# --durations) start first, so neither worker is left with a long file at the end.
+_UNIT_OF = {'test_tools': 'test_train'}
+_LONGEST_FIRST = (
+  'test_train',
+  'test_backbones_train',
+  'test_slurm',
+  'test_faults',
+  'test_multihost',
+  'test_experiments',
+  'test_models',
+  'test_run_folder',
+)
 # Subprocesses share the tests' persistent compilation cache.
 TOOL_ENV = {
   **os.environ,
@@ -36,6 +52,18 @@ TOOL_ENV = {
   'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.5',
   'TF_CPP_MIN_LOG_LEVEL': '2',
 }
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+  def unit(item: pytest.Item) -> str:
+    name = item.module.__name__.rsplit('.', 1)[-1]
+    return _UNIT_OF.get(name, name)
+
+  rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(unit(item), len(rank)))  # Stable: file order within.
+  for item in items:
+    item.add_marker(pytest.mark.xdist_group(unit(item)))
 
 
 # ---------------------------------------------------------------------------
