@@ -30,10 +30,10 @@ jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Under pytest-xdist (`-n 2 --dist=loadgroup`, the README's command) a test file is one
-# work unit, so its module fixtures are built once; test_tools joins test_train's unit
-# since both use the session's `trained_run`. The longest units (measured with
-# --durations) start first, so neither worker is left with a long file at the end.
+# Under pytest-xdist (`-n 2`, the README's command) a test file is one work unit, so its
+# module fixtures are built once, and test_tools joins test_train's unit since both use
+# the session's `trained_run` (`pytest_xdist_make_scheduler` below). The longest units
+# (measured with --durations) start first, so no worker is left with a long file at the end.
 _UNIT_OF = {'test_tools': 'test_train'}
 _LONGEST_FIRST = (
   'test_train',
@@ -54,16 +54,30 @@ TOOL_ENV = {
 }
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-  def unit(item: pytest.Item) -> str:
-    name = item.module.__name__.rsplit('.', 1)[-1]
-    return _UNIT_OF.get(name, name)
+def _unit(path: str) -> str:
+  """The work unit of a test file: its module name, or the unit it joins."""
+  name = Path(path).stem
+  return _UNIT_OF.get(name, name)
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
   rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
-  items.sort(key=lambda item: rank.get(unit(item), len(rank)))  # Stable: file order within.
-  for item in items:
-    item.add_marker(pytest.mark.xdist_group(unit(item)))
+  # Stable: a file's tests keep their order.
+  items.sort(key=lambda item: rank.get(_unit(item.nodeid.split('::')[0]), len(rank)))
+
+
+@pytest.hookimpl(optionalhook=True)  # A pytest-xdist hook: called only under -n.
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+  from xdist.scheduler import LoadScopeScheduling
+
+  class FileUnits(LoadScopeScheduling):
+    """xdist's loadscope with `_unit` as the scope, in collection order."""
+
+    def _split_scope(self, nodeid: str) -> str:
+      return _unit(nodeid.split('::')[0])
+
+  config.option.loadscopereorder = False  # Keep the longest-first order.
+  return FileUnits(config, log)
 
 
 # ---------------------------------------------------------------------------
