@@ -32,8 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Under pytest-xdist (`-n 2`, the README's command) a test file is one work unit, so its
 # module fixtures are built once, and test_tools joins test_train's unit since both use
-# the session's `trained_run` (`pytest_xdist_make_scheduler` below). The longest units
-# (measured with --durations) start first, so no worker is left with a long file at the end.
+# the session's `trained_run` (`pytest_xdist_make_scheduler` below; xdist's own
+# `--dist=loadgroup` marks do not group on pytest 9.2, pytest-xdist issue 1386). The
+# longest units (measured with --durations) start first, so no worker is left with a
+# long file at the end.
 _UNIT_OF = {'test_tools': 'test_train'}
 _LONGEST_FIRST = (
   'test_train',
