@@ -70,6 +70,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.hookimpl(optionalhook=True)  # A pytest-xdist hook: called only under -n.
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+  if config.getvalue('dist') != 'load':  # Another --dist asked for: xdist's own.
+    return None
   from xdist.scheduler import LoadScopeScheduling
 
   class FileUnits(LoadScopeScheduling):
