@@ -34,12 +34,12 @@ REPO = Path(__file__).resolve().parents[1]
 # module fixtures are built once, and test_tools joins test_train's unit since both use
 # the session's `trained_run` (`pytest_xdist_make_scheduler` below; xdist's own
 # `--dist=loadgroup` marks do not group on pytest 9.2, pytest-xdist issue 1386). The
-# longest units (measured with --durations) start first, so no worker is left with a
+# longest units (cold-cache --durations under -n 2) start first, so no worker is left with a
 # long file at the end.
 _UNIT_OF = {'test_tools': 'test_train'}
 _LONGEST_FIRST = (
-  'test_train',
   'test_backbones_train',
+  'test_train',
   'test_slurm',
   'test_faults',
   'test_multihost',
@@ -56,16 +56,16 @@ TOOL_ENV = {
 }
 
 
-def _unit(path: str) -> str:
-  """The work unit of a test file: its module name, or the unit it joins."""
-  name = Path(path).stem
+def _unit(nodeid: str) -> str:
+  """The work unit of a test: its file's module name, or the unit that file joins."""
+  name = Path(nodeid.split('::')[0]).stem
   return _UNIT_OF.get(name, name)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
   rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
   # Stable: a file's tests keep their order.
-  items.sort(key=lambda item: rank.get(_unit(item.nodeid.split('::')[0]), len(rank)))
+  items.sort(key=lambda item: rank.get(_unit(item.nodeid), len(rank)))
 
 
 @pytest.hookimpl(optionalhook=True)  # A pytest-xdist hook: called only under -n.
@@ -78,7 +78,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """xdist's loadscope with `_unit` as the scope, in collection order."""
 
     def _split_scope(self, nodeid: str) -> str:
-      return _unit(nodeid.split('::')[0])
+      return _unit(nodeid)
 
   config.option.loadscopereorder = False  # Keep the longest-first order.
   return FileUnits(config, log)
