@@ -386,6 +386,7 @@ def _check_model(c: _Checker) -> None:
   backbones = list(models.BACKBONES)
   backbone = c.choice('model.backbone', backbones)
   c.number('model.width', 0, open_low=True)
+  c.number('model.depth', 0, 1, open_low=True)
   c.choice('model.dtype', DTYPES)
   c.choice('model.param_dtype', DTYPES)
   _check_pretrained(c, backbone, backbones)

@@ -127,6 +127,7 @@ def export_run(
       'step': ref.step,
       'backbone': config.model.backbone,
       'width': float(config.model.width),
+      'depth': float(config.model.get('depth', 1.0)),
     },
   }
   params = io.BytesIO()

@@ -106,6 +106,7 @@ def resolve(
   spec: str,
   backbone: str,
   width: float = 1.0,
+  depth: float = 1.0,
   cache: str | os.PathLike | None = None,
   url: str | None = None,
   timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -118,6 +119,7 @@ def resolve(
     backbone: `config.model.backbone`; ARCH must equal it (checked before any download).
     width: `config.model.width`; must be 1.0, the width of torchvision's files
       (checked before any download).
+    depth: `config.model.depth`; must be 1.0 likewise.
     cache: the cache folder; None = `cache_dir()`.
     url: a folder URL to fetch the file from instead of torchvision's (a mirror);
       None = `$JAXATTR_TORCHVISION_URL` if set, else torchvision's own URL.
@@ -132,7 +134,7 @@ def resolve(
   """
   if not is_torchvision(spec):
     return spec
-  arch, weights = _parse(spec, backbone, width)
+  arch, weights = _parse(spec, backbone, width, depth)
   source = weights_url(arch, weights)
   name = source.rsplit('/', 1)[-1]
   folder = url or os.environ.get('JAXATTR_TORCHVISION_URL')
@@ -192,7 +194,7 @@ def available(arch: str) -> tuple[str, ...]:
   return (DEFAULT_WEIGHTS, *MORE_WEIGHTS.get(arch, {}))
 
 
-def _parse(spec: str, backbone: str, width: float) -> tuple[str, str]:
+def _parse(spec: str, backbone: str, width: float, depth: float) -> tuple[str, str]:
   arch, _, weights = spec[len(PREFIX) :].partition(':')
   weights = weights or DEFAULT_WEIGHTS
   if arch not in registry.BACKBONES:
@@ -211,6 +213,11 @@ def _parse(spec: str, backbone: str, width: float) -> tuple[str, str]:
     raise PretrainedError(
       f'{spec} are weights for width 1.0, but config.model.width is {width:g}; set '
       '--config.model.width=1.0 (narrower backbones start from random weights).'
+    )
+  if depth != 1.0:
+    raise PretrainedError(
+      f'{spec} are weights for depth 1.0, but config.model.depth is {depth:g}; set '
+      '--config.model.depth=1.0 (shallower backbones start from random weights).'
     )
   return arch, weights
 
@@ -368,7 +375,9 @@ def load_into(state: Any, path: str) -> Any:
 def _checked_replace(current, loaded, path):
   cur_struct = jax.tree.structure(current)
   if jax.tree.structure(loaded) != cur_struct:
-    raise ValueError(f'{path}: the backbone in the file does not match config.model.backbone.')
+    raise ValueError(
+      f'{path}: the backbone in the file does not match config.model.backbone and .depth.'
+    )
   for a, b in zip(jax.tree.leaves(current), jax.tree.leaves(loaded), strict=True):
     if a.shape != b.shape:
       raise ValueError(f'{path}: shape {b.shape} in the file, {a.shape} in the model.')

@@ -438,7 +438,8 @@ def _train_and_evaluate(config, workdir: Path, devices) -> dict[str, Any]:
   elif config.model.pretrained:
     from jaxattr import pretrained  # `torchvision:ARCH` -> a converted directory (cached).
 
-    path = pretrained.resolve(config.model.pretrained, config.model.backbone, config.model.width)
+    model = config.model
+    path = pretrained.resolve(model.pretrained, model.backbone, model.width, model.depth)
     state = pretrained.load_into(state, path)
   if is_main:  # The config in use from this step on: config.json, config_history.jsonl.
     rundir.record_config(workdir, config, int(state.step))

@@ -53,6 +53,8 @@ BAD = [
   ('data.manual_dir', '/no/such/folder', 'no such folder: /no/such/folder'),
   ('model.backbone', 'resnet19', "got 'resnet19'"),
   ('model.width', 0.0, 'must be > 0'),
+  ('model.depth', 0.0, 'must be > 0'),
+  ('model.depth', 2.0, 'must be <= 1'),
   ('model.dtype', 'float8', "got 'float8'"),
   ('model.pretrained', '/no/such/weights', 'no such file or folder: /no/such/weights'),
   ('model.pretrained', 'torchvision:resnet1000', "unknown architecture 'resnet1000'"),

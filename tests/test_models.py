@@ -6,6 +6,8 @@ Expected values come from torchvision's published parameter counts, torchvision'
 layer names and output-size formula written out here, hand counts, and numpy.
 """
 
+import re
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -260,6 +262,46 @@ def test_width_scales_resnet_channels_by_rounding():
   assert params['layer3/0/conv3/kernel'].shape == (1, 1, 26, 102)
   assert params['layer4/2/conv3/kernel'].shape == (1, 1, 51, 205)
   assert model_lib.backbone_tap_channels('resnet50', 0.1) == (102, 205)
+
+
+# Blocks per stage at depth 1/4, by hand: each stage's torchvision count times 1/4,
+# rounded half up, at least 1 (Swin counts pairs: a stage alternates plain and shifted
+# windows). resnet50 (3, 4, 6, 3) -> 0.75, 1, 1.5, 0.75; densenet121 (6, 12, 24, 16) ->
+# 1.5, 3, 6, 4; vit_b_16 12 -> 3; swin_t pairs (1, 1, 3, 1) -> 0.25, 0.25, 0.75, 0.25,
+# swin_b pairs (1, 1, 9, 1) -> 2.25 at stage 3; convnext_tiny (3, 3, 9, 3) -> 0.75, 2.25.
+QUARTER_DEPTH_BLOCKS = {
+  'resnet50': (r'(layer\d)/(\d+)/', (1, 1, 2, 1)),
+  'densenet121': (r'features/(denseblock\d)/(denselayer\d+)/', (2, 3, 6, 4)),
+  'vit_b_16': (r'encoder/(layers)/(encoder_layer_\d+)/', (3,)),
+  'swin_t': (r'features/([1357])/(\d+)/', (2, 2, 2, 2)),
+  'swin_b': (r'features/([1357])/(\d+)/', (2, 2, 4, 2)),
+  'convnext_tiny': (r'features/([1357])/(\d+)/', (1, 1, 2, 1)),
+}
+
+
+@pytest.mark.parametrize('name', sorted(QUARTER_DEPTH_BLOCKS))
+def test_depth_keeps_the_first_blocks_of_every_stage_under_torchvision_names(name):
+  pattern, counts = QUARTER_DEPTH_BLOCKS[name]
+
+  def blocks(depth):
+    module = model_lib.create_backbone(name, width=1 / 16, depth=depth)
+    out, variables = jax.eval_shape(
+      lambda: module.init_with_output(_key(0), _images(64, 64, 1), train=False)
+    )
+    found = {}
+    for path in _flat(variables['params']):
+      if m := re.match(pattern, path):
+        found.setdefault(m[1], set()).add(m[2])
+    return found, set(_flat(variables['params'])), out
+
+  shallow, shallow_paths, out = blocks(0.25)
+  full, full_paths, _ = blocks(1.0)
+  assert tuple(len(shallow[stage]) for stage in sorted(shallow)) == counts
+  for stage, kept in shallow.items():  # The first blocks of the stage, by torchvision's index.
+    assert kept == set(sorted(full[stage], key=lambda b: int(re.sub(r'\D', '', b)))[: len(kept)])
+  assert shallow_paths <= full_paths
+  channels = (out['k1'].shape[-1], out['k2'].shape[-1])
+  assert model_lib.backbone_tap_channels(name, 1 / 16, 0.25) == channels
 
 
 def _torch_to_flax(key: str) -> tuple[str, str]:

@@ -220,10 +220,12 @@ def test_wrong_backbone_or_unknown_names_stop_before_any_request(served, tmp_pat
     ('torchvision:resnet9', 'resnet9', 'unknown arch'),
     ('torchvision:resnet18:IMAGENET1K_V2', 'resnet18', 'IMAGENET1K_V1'),
     ('torchvision:resnet18', 'resnet18', '--config.model.width=1.0'),
+    ('torchvision:resnet18', 'resnet18', '--config.model.depth=1.0'),
   ]:
     width = 0.0625 if 'width' in words else 1.0
+    depth = 0.25 if 'depth' in words else 1.0
     with pytest.raises(pretrained.PretrainedError) as e:
-      pretrained.resolve(spec, backbone, width, cache=tmp_path, url=served.url)
+      pretrained.resolve(spec, backbone, width, depth, cache=tmp_path, url=served.url)
     _one_line_error(e, spec, words)
   assert served.requests == []
 

@@ -11,7 +11,7 @@ shows) go through `jaxattr.convert` into the Flax ViT.
 Cost: the full-size vit_b_16 in float64 takes ~7 s per input size on 2 cores in each
 framework, so the full-size model is checked once, at 224x224 (float64 and float32);
 the non-square 256x128 input (a 16x8 grid, the position embedding resized) runs on a
-3-block model of full width, the same code path (`create_vit(num_layers=3)`).
+3-block model of full width, the same code path (`create_vit(depth=1/4)`).
 """
 
 import copy
@@ -76,42 +76,40 @@ def shallow():
   torch.manual_seed(1)
   model = torch_reference.VisionTransformerTorch(num_layers=3, tap_after=2)
   randomise(model, 1)
-  flax_model = vit.create_vit('vit_b_16', num_classes=1000, num_layers=3)
+  flax_model = vit.create_vit('vit_b_16', num_classes=1000, depth=1 / 4)
   shapes = jax.eval_shape(
     lambda: flax_model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
   )
-  return model, convert.torch_to_flax(state_dict(model), shapes), 3
+  return model, convert.torch_to_flax(state_dict(model), shapes), 1 / 4
 
 
-def _run_flax(variables, x, dtype, num_layers=None):
-  model = vit.create_vit(
-    'vit_b_16', num_classes=1000, dtype=dtype, param_dtype=dtype, num_layers=num_layers
-  )
+def _run_flax(variables, x, dtype, depth=1.0):
+  model = vit.create_vit('vit_b_16', num_classes=1000, dtype=dtype, param_dtype=dtype, depth=depth)
   variables = jax.tree.map(lambda a: jnp.asarray(a, dtype), variables)
   return jax.jit(lambda v, x: model.apply(v, x, train=False))(
     variables, jnp.asarray(x.transpose(0, 2, 3, 1))
   )
 
 
-def _check_float64(model, variables, size, num_layers=None):
+def _check_float64(model, variables, size, depth=1.0):
   x = np.random.default_rng(5).normal(size=(1, 3, *size))
   with torch.no_grad():
     ref = copy.deepcopy(model).double()(torch.from_numpy(x))
   with jax.enable_x64(True):
-    out = _run_flax(variables, x, jnp.float64, num_layers)
+    out = _run_flax(variables, x, jnp.float64, depth)
     for key in ('k1', 'k2', 'pooled', 'logits'):
       assert out[key].dtype == jnp.float64, key
       assert out[key].shape == nhwc(ref[key]).shape, key
       assert max_diff(out[key], nhwc(ref[key])) < 1e-9, key
 
 
-def _check_float32(model, variables, size, num_layers=None):
+def _check_float32(model, variables, size, depth=1.0):
   """Flax float32 is as close to the exact (float64) result as torch float32 is."""
   x = np.random.default_rng(7).normal(size=(1, 3, *size)).astype(np.float32)
   with torch.no_grad():
     ref32 = model(torch.from_numpy(x))
     ref64 = copy.deepcopy(model).double()(torch.from_numpy(x).double())
-  out = _run_flax(variables, x, jnp.float32, num_layers)
+  out = _run_flax(variables, x, jnp.float32, depth)
   for key in ('k1', 'k2', 'pooled', 'logits'):
     exact = nhwc(ref64[key])
     torch_error = max_diff(nhwc(ref32[key]), exact)
@@ -128,10 +126,10 @@ def test_full_size_parity_224(full_size):
 
 @pytest.mark.parametrize('size', [(256, 128), (224, 224), (96, 160)])
 def test_shallow_parity_with_resized_position_embedding(shallow, size):
-  model, variables, layers = shallow
-  _check_float64(model, variables, size, layers)
+  model, variables, depth = shallow
+  _check_float64(model, variables, size, depth)
   if size == (256, 128):
-    _check_float32(model, variables, size, layers)
+    _check_float32(model, variables, size, depth)
 
 
 # --- The pieces, each against torch or a hand computation ---------------------------
@@ -250,8 +248,8 @@ def test_input_must_be_a_multiple_of_the_patch():
 
 def test_bfloat16_compute_keeps_norms_and_softmax_in_float32():
   # Two blocks keep the compile short; every block runs the same code.
-  backbone32 = vit.create_vit('vit_b_16', 1 / 16, num_layers=2)
-  backbone16 = vit.create_vit('vit_b_16', 1 / 16, dtype=jnp.bfloat16, num_layers=2)
+  backbone32 = vit.create_vit('vit_b_16', 1 / 16, depth=1 / 6)
+  backbone16 = vit.create_vit('vit_b_16', 1 / 16, dtype=jnp.bfloat16, depth=1 / 6)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 32, 3)), jnp.float32)
   variables = jax.jit(lambda x: backbone32.init(jax.random.key(0), x, train=False))(x)
   out32 = jax.jit(lambda v, x: backbone32.apply(v, x, train=False))(variables, x)

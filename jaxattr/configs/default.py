@@ -58,6 +58,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Channel multiplier of backbone and heads (1.0 = the paper's model). Tiny CPU
   # variants of the same architecture use e.g. 0.125.
   model.width = 1.0
+  # Block multiplier of the backbone's stages (1.0 = torchvision's architecture; the
+  # first blocks of each stage are kept, `models.resnet.scale_blocks`). Test-size
+  # transformers use e.g. 0.25; pretrained weights need 1.0.
+  model.depth = 1.0
   model.dtype = 'float32'  # Compute dtype ('bfloat16' for mixed precision).
   model.param_dtype = 'float32'
   model.pretrained = ''  # Path written by `python -m jaxattr.convert`.

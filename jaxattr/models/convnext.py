@@ -46,7 +46,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxattr.models.resnet import scale_channels
+from jaxattr.models.resnet import scale_blocks, scale_channels
 from jaxattr.models.swin import block_drop_rates, stochastic_depth
 
 Array = jax.Array
@@ -302,6 +302,7 @@ def create_convnext(
   num_classes: int | None = None,
   module_name: str | None = None,
   stochastic_depth_prob: float = 0.0,
+  depth: float = 1.0,
 ) -> ConvNeXt:
   """A `ConvNeXt` by torchvision name ('convnext_tiny', 'convnext_small', 'convnext_base').
 
@@ -314,6 +315,8 @@ def create_convnext(
     module_name: the Flax module name (e.g. 'backbone'); None = automatic.
     stochastic_depth_prob: drop rate of the last block in training (0 = off;
       torchvision's ImageNet rates are in `CONVNEXT_SPECS`).
+    depth: block multiplier of every stage (`resnet.scale_blocks`; 1.0 =
+      torchvision).
 
   Returns:
     The (unbound) module.
@@ -321,7 +324,7 @@ def create_convnext(
   spec = CONVNEXT_SPECS[name]
   return ConvNeXt(
     channels=tuple(scale_channels(c, width) for c in spec.channels),
-    depths=spec.depths,
+    depths=tuple(scale_blocks(n, depth) for n in spec.depths),
     num_classes=num_classes,
     stochastic_depth_prob=stochastic_depth_prob,
     dtype=dtype,

@@ -20,7 +20,8 @@ Semantics follow torchvision at `width=1`: explicit symmetric padding, convs wit
 bias, BatchNorm epsilon 1e-5 / momentum 0.9, transitions as BN-ReLU-conv1x1-AvgPool
 2/2 (floor), compression 0.5 (`num_features // 2`), kaiming-normal (fan-in) conv
 init, and the final `relu(norm5)`. `width` scales the growth rate, the initial
-features and the bottleneck width (`bn_size * growth_rate`).
+features and the bottleneck width (`bn_size * growth_rate`); `depth` the layers of
+every dense block (`resnet.scale_blocks`).
 
 `__call__(x, train)` returns `{'k1': after denseblock3 (before transition3),
 'k2': relu(norm5), 'pooled': the global average of k2}` and, when `num_classes` is
@@ -40,6 +41,7 @@ from jaxattr.models.resnet import (
   batch_norm,
   global_avg_pool,
   max_pool_3x3_s2,
+  scale_blocks,
   scale_channels,
   torch_linear_init,
 )
@@ -208,12 +210,15 @@ DENSENET_SPECS = {
 }
 
 
-def densenet_tap_channels(spec: DenseNetSpec, width: float = 1.0) -> tuple[int, int]:
+def densenet_tap_channels(
+  spec: DenseNetSpec, width: float = 1.0, depth: float = 1.0
+) -> tuple[int, int]:
   """Channels of the `k1` (after denseblock3) and `k2` (norm5) taps.
 
   Args:
     spec: the architecture.
     width: the channel multiplier.
+    depth: the layer multiplier of every dense block.
 
   Returns:
     `(k1_channels, k2_channels)`.
@@ -222,7 +227,7 @@ def densenet_tap_channels(spec: DenseNetSpec, width: float = 1.0) -> tuple[int, 
   channels = scale_channels(spec.num_init_features, width)
   taps = []
   for i, num_layers in enumerate(spec.block_config):
-    channels += num_layers * growth
+    channels += scale_blocks(num_layers, depth) * growth
     if i == len(spec.block_config) - 2:
       taps.append(channels)
     if i != len(spec.block_config) - 1:
@@ -299,6 +304,7 @@ def create_densenet(
   param_dtype: Dtype = jnp.float32,
   num_classes: int | None = None,
   module_name: str | None = None,
+  depth: float = 1.0,
 ) -> DenseNet:
   """A `DenseNet` by torchvision name ('densenet121', ..., 'densenet201').
 
@@ -309,6 +315,8 @@ def create_densenet(
     param_dtype: parameter dtype.
     num_classes: if set, include torchvision's `classifier`.
     module_name: the Flax module name (e.g. 'backbone'); None = automatic.
+    depth: layer multiplier of every dense block (`resnet.scale_blocks`; 1.0 =
+      torchvision).
 
   Returns:
     The (unbound) module.
@@ -316,7 +324,7 @@ def create_densenet(
   spec = DENSENET_SPECS[name]
   return DenseNet(
     growth_rate=spec.growth_rate,
-    block_config=spec.block_config,
+    block_config=tuple(scale_blocks(n, depth) for n in spec.block_config),
     num_init_features=spec.num_init_features,
     bn_size=spec.bn_size,
     width=width,

@@ -89,6 +89,7 @@ class AttributeModel(nn.Module):
     num_classes: number of attributes C.
     backbone_name: a key of `BACKBONES`.
     width: channel multiplier of backbone and heads.
+    depth: block multiplier of the backbone's stages (1.0 = torchvision).
     levels: attention levels: (), (3,), (4,) or (3, 4).
     aggregation: one of `AGGREGATIONS`.
     confidence_weighting: use the confidence branch (else s = 1).
@@ -101,6 +102,7 @@ class AttributeModel(nn.Module):
   num_classes: int
   backbone_name: str = 'resnet101'
   width: float = 1.0
+  depth: float = 1.0
   levels: Sequence[int] = (3, 4)
   aggregation: str = 'score'
   confidence_weighting: bool = True
@@ -127,9 +129,10 @@ class AttributeModel(nn.Module):
     """
     levels = validate_attention(self.levels, self.aggregation)
     dt, pdt = self.dtype, self.param_dtype
-    taps = create_backbone(self.backbone_name, self.width, dt, pdt, module_name='backbone')(
-      images, train=train and not freeze_backbone
+    backbone = create_backbone(
+      self.backbone_name, self.width, dt, pdt, module_name='backbone', depth=self.depth
     )
+    taps = backbone(images, train=train and not freeze_backbone)
     if freeze_backbone:
       taps = jax.lax.stop_gradient(taps)
     features = {3: taps['k1'], 4: taps['k2']}
@@ -209,7 +212,7 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> n
   """The `AttributeModel` described by `config.model`.
 
   Args:
-    model_config: `config.model` of configs/default.py (backbone, width, dtype,
+    model_config: `config.model` of configs/default.py (backbone, width, depth, dtype,
       param_dtype, attention.{levels, aggregation, confidence_weighting,
       mask_channels, classifier_channels}).
     num_classes: number of attributes C.
@@ -230,6 +233,7 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> n
     num_classes=num_classes,
     backbone_name=model_config.backbone,
     width=float(model_config.width),
+    depth=float(model_config.get('depth', 1.0)),  # Runs saved before `depth`: full.
     levels=levels,
     aggregation=attention.aggregation,
     confidence_weighting=bool(attention.confidence_weighting),

@@ -7,8 +7,8 @@ torchvision's published parameter count and its ImageNet weights URL. The model
 (`AttributeModel`), the converter (`jaxattr.convert`), the configs and the tools
 read `BACKBONES`; nothing else lists architectures.
 
-The backbone contract: `create(width, dtype, param_dtype, num_classes, module_name)`
-returns a Flax module whose `__call__(x, train)` maps normalised NHWC images to
+The backbone contract: `create(width, dtype, param_dtype, num_classes, module_name,
+depth)` returns a Flax module whose `__call__(x, train)` maps normalised NHWC images to
 
   'k1'      [B, H1, W1, C1]  the stage-3 tap (ResNet layer3, ViT block 8 tokens, ...)
   'k2'      [B, H2, W2, C2]  the stage-4 tap (the last feature grid)
@@ -19,11 +19,12 @@ returns a Flax module whose `__call__(x, train)` maps normalised NHWC images to
   'logits'  [B, num_classes] only when `num_classes` is set, float32
 
 whose parameter tree follows the torchvision state dict by the naming rule of
-`resnet.py`, and whose `width` scales channel counts (1.0 = torchvision) so that tiny
-CPU variants of the same code path exist.
+`resnet.py`, and whose `width` scales channel counts and `depth` the blocks of every
+stage (1.0 = torchvision; `resnet.scale_blocks`) so that tiny CPU variants of the same
+code path exist.
 
 Adding a family: its module (e.g. `jaxattr/models/regnet.py` with a `create_*(name,
-width, dtype, param_dtype, num_classes, module_name)` and a tap-channel function),
+width, dtype, param_dtype, num_classes, module_name, depth)` and a tap-channel function),
 one `_FAMILIES` line and one `_TORCHVISION` line per architecture below.
 """
 
@@ -53,8 +54,8 @@ class Backbone:
     family: the module it comes from ('resnet', 'densenet', 'vit', 'swin', 'convnext');
       configs pick a training recipe by it.
     create: `create(width=1.0, dtype=float32, param_dtype=float32, num_classes=None,
-      module_name=None)` -> the Flax module (see the module docstring).
-    tap_channels: `tap_channels(width)` -> `(C1, C2)` of `k1` and `k2`.
+      module_name=None, depth=1.0)` -> the Flax module (see the module docstring).
+    tap_channels: `tap_channels(width, depth=1.0)` -> `(C1, C2)` of `k1` and `k2`.
     head: torchvision's state-dict prefix of the ImageNet classifier's Linear ('fc',
       'classifier', 'heads.head', 'head', 'classifier.2'): the converter drops it
       unless asked; whatever precedes it (ConvNeXt's `classifier.0` LayerNorm)
@@ -70,7 +71,7 @@ class Backbone:
   name: str
   family: str
   create: Callable[..., nn.Module]
-  tap_channels: Callable[[float], tuple[int, int]]
+  tap_channels: Callable[..., tuple[int, int]]
   head: str
   num_params: int
   url: str
@@ -121,6 +122,7 @@ def create_backbone(
   param_dtype: Dtype = jnp.float32,
   num_classes: int | None = None,
   module_name: str | None = None,
+  depth: float = 1.0,
 ) -> nn.Module:
   """A registered backbone's Flax module.
 
@@ -131,6 +133,7 @@ def create_backbone(
     param_dtype: parameter dtype.
     num_classes: if set, include the ImageNet head (`Backbone.head`).
     module_name: the Flax module name (e.g. 'backbone'); None = automatic.
+    depth: block multiplier of every stage (1.0 = torchvision).
 
   Returns:
     The module; `module(x, train)` returns `{'k1', 'k2', 'pooled'[, 'logits']}`.
@@ -141,39 +144,50 @@ def create_backbone(
     param_dtype=param_dtype,
     num_classes=num_classes,
     module_name=module_name,
+    depth=depth,
   )
 
 
-def backbone_tap_channels(name: str, width: float = 1.0) -> tuple[int, int]:
+def backbone_tap_channels(name: str, width: float = 1.0, depth: float = 1.0) -> tuple[int, int]:
   """Channels of the `k1` and `k2` taps, e.g. (1024, 2048) for resnet101.
 
   Args:
     name: a key of `BACKBONES`.
     width: channel multiplier.
+    depth: block multiplier (only DenseNet's channels depend on it).
 
   Returns:
     `(k1_channels, k2_channels)`.
   """
-  return get(name).tap_channels(width)
+  return get(name).tap_channels(width, depth)
 
 
 # --- The families and their torchvision architectures ---------------------------------
 
-# family -> (create_fn(name, **kwargs), tap_channels_fn(name, width), adapt_state_dict).
+# family -> (create_fn(name, **kwargs), tap_channels_fn(name, width, depth), adapt_state_dict).
+# Only DenseNet's tap channels depend on the depth (each dense layer adds channels).
 _FAMILIES = {
   'resnet': (
     resnet.create_resnet,
-    lambda n, w: resnet.resnet_tap_channels(resnet.RESNET_SPECS[n], w),
+    lambda n, w, d=1.0: resnet.resnet_tap_channels(resnet.RESNET_SPECS[n], w),
     None,
   ),
   'densenet': (
     densenet.create_densenet,
-    lambda n, w: densenet.densenet_tap_channels(densenet.DENSENET_SPECS[n], w),
+    lambda n, w, d=1.0: densenet.densenet_tap_channels(densenet.DENSENET_SPECS[n], w, d),
     densenet.rename_legacy_keys,
   ),
-  'vit': (vit.create_vit, vit.vit_tap_channels, None),
-  'swin': (swin.create_swin, swin.swin_tap_channels, swin.adapt_state_dict),
-  'convnext': (convnext.create_convnext, convnext.convnext_tap_channels, None),
+  'vit': (vit.create_vit, lambda n, w, d=1.0: vit.vit_tap_channels(n, w), None),
+  'swin': (
+    swin.create_swin,
+    lambda n, w, d=1.0: swin.swin_tap_channels(n, w),
+    swin.adapt_state_dict,
+  ),
+  'convnext': (
+    convnext.create_convnext,
+    lambda n, w, d=1.0: convnext.convnext_tap_channels(n, w),
+    None,
+  ),
 }
 
 # One line per architecture: name, family, torchvision's ImageNet head, torchvision's

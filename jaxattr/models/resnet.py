@@ -21,8 +21,8 @@ Semantics follow torchvision exactly at `width=1`: explicit symmetric padding
 (never 'SAME', which pads asymmetrically for stride 2), convolutions without bias,
 BatchNorm epsilon 1e-5 and momentum 0.9 (torch momentum 0.1), the stride of a
 bottleneck on its 3x3 conv (v1.5), kaiming-normal fan-out conv init, BN scale 1 and
-bias 0. `width` scales every channel count so tiny CPU variants of the same
-architecture exist.
+bias 0. `width` scales every channel count and `depth` the blocks of every stage
+(`scale_blocks`), so tiny CPU variants of the same architecture exist.
 
 `__call__(x, train)` returns `{'k1': layer3 output, 'k2': layer4 output, 'pooled':
 the global average of k2}` and, when `num_classes` is set, `'logits'` (`fc` on the
@@ -80,6 +80,23 @@ def scale_channels(channels: int, width: float) -> int:
     `max(1, int(round(channels * width)))`.
   """
   return max(1, int(round(channels * width)))
+
+
+def scale_blocks(blocks: int, depth: float) -> int:
+  """A stage's block count multiplied by `depth`, rounded half up, at least 1.
+
+  `depth` < 1 gives the shallower test-size variants of an architecture (every
+  family's `create_*` takes it, as it takes `width`); the blocks kept are the first
+  ones of each stage, so their parameter names stay torchvision's.
+
+  Args:
+    blocks: the stage's blocks in the full-depth (depth 1) architecture.
+    depth: the block multiplier.
+
+  Returns:
+    `max(1, int(blocks * depth + 0.5))`.
+  """
+  return max(1, int(blocks * depth + 0.5))
 
 
 def torch_linear_init(fan_in: int) -> tuple[Callable[..., Array], Callable[..., Array]]:
@@ -342,6 +359,7 @@ def create_resnet(
   param_dtype: Dtype = jnp.float32,
   num_classes: int | None = None,
   module_name: str | None = None,
+  depth: float = 1.0,
 ) -> ResNet:
   """A `ResNet` by torchvision name ('resnet18', ..., 'resnet152').
 
@@ -352,6 +370,7 @@ def create_resnet(
     param_dtype: parameter dtype.
     num_classes: if set, include torchvision's `fc` classifier.
     module_name: the Flax module name (e.g. 'backbone'); None = automatic.
+    depth: block multiplier of every stage (`scale_blocks`; 1.0 = torchvision).
 
   Returns:
     The (unbound) module.
@@ -359,7 +378,7 @@ def create_resnet(
   spec = RESNET_SPECS[name]
   return ResNet(
     block=spec.block,
-    stage_sizes=spec.stage_sizes,
+    stage_sizes=tuple(scale_blocks(n, depth) for n in spec.stage_sizes),
     width=width,
     num_classes=num_classes,
     dtype=dtype,

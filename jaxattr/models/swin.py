@@ -40,7 +40,9 @@ float32 (Flax's LayerNorm), its output in `dtype`.
 
 `width` scales the channels per attention head (32 at width 1, rounded, at least 1)
 and keeps torchvision's head counts, so every stage stays divisible by its heads:
-width 1/16 gives swin_t stage widths 6, 12, 24, 48.
+width 1/16 gives swin_t stage widths 6, 12, 24, 48. `depth` scales the blocks of
+every stage in pairs (`resnet.scale_blocks` of the pair count), since a stage
+alternates plain and shifted windows: swin_t at depth 1/4 has 2, 2, 2, 2 blocks.
 
 `__call__(x, train)` returns `{'k1': end of stage 3 [B, H/16, W/16, 4C], 'k2': final
 norm [B, H/32, W/32, 8C], 'pooled': mean of k2 over space [B, 8C], at least
@@ -56,7 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxattr.models.resnet import torch_linear_init
+from jaxattr.models.resnet import scale_blocks, torch_linear_init
 
 Array = jax.Array
 Dtype = Any
@@ -478,6 +480,7 @@ def create_swin(
   num_classes: int | None = None,
   module_name: str | None = None,
   stochastic_depth_prob: float = 0.0,
+  depth: float = 1.0,
 ) -> Swin:
   """A `Swin` by torchvision name ('swin_t', 'swin_s', 'swin_b').
 
@@ -490,6 +493,7 @@ def create_swin(
     module_name: the Flax module name (e.g. 'backbone'); None = automatic.
     stochastic_depth_prob: drop rate of the last block in training (0 = off;
       torchvision's ImageNet rates are in `SWIN_SPECS`).
+    depth: block multiplier of every stage, in pairs (1.0 = torchvision).
 
   Returns:
     The (unbound) module.
@@ -497,7 +501,7 @@ def create_swin(
   spec = SWIN_SPECS[name]
   return Swin(
     embed_dim=swin_embed_dim(spec, width),
-    depths=spec.depths,
+    depths=tuple(2 * scale_blocks(n // 2, depth) for n in spec.depths),
     num_heads=spec.num_heads,
     num_classes=num_classes,
     stochastic_depth_prob=stochastic_depth_prob,

@@ -43,7 +43,9 @@ token after `encoder.ln`, which `heads.head` (and the attribute model's primary
 classifier) reads.
 
 `width` scales the head dimension (64) and the MLP width (3072), keeping 12 heads, so
-`width=1/16` is a 48-wide ViT with the same code path for CPU tests.
+`width=1/16` is a 48-wide ViT with the same code path for CPU tests; `depth` scales
+the 12 blocks (`resnet.scale_blocks`: 1/4 keeps `encoder_layer_0..2`, `k1` after the
+second).
 """
 
 import dataclasses
@@ -55,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxattr.models.resnet import scale_channels, torch_linear_init
+from jaxattr.models.resnet import scale_blocks, scale_channels, torch_linear_init
 
 Array = jax.Array
 Dtype = Any
@@ -414,7 +416,7 @@ def create_vit(
   param_dtype: Dtype = jnp.float32,
   num_classes: int | None = None,
   module_name: str | None = None,
-  num_layers: int | None = None,
+  depth: float = 1.0,
 ) -> VisionTransformer:
   """A `VisionTransformer` by torchvision name ('vit_b_16').
 
@@ -425,14 +427,14 @@ def create_vit(
     param_dtype: parameter dtype.
     num_classes: if set, include torchvision's `heads.head`.
     module_name: the Flax module name (e.g. 'backbone'); None = automatic.
-    num_layers: fewer encoder blocks than torchvision's (tests); `k1` stays two
-      thirds of the way through. None = the architecture's.
+    depth: block multiplier (`resnet.scale_blocks`; 1.0 = torchvision's 12); `k1`
+      stays two thirds of the way through.
 
   Returns:
     The (unbound) module.
   """
   spec = VIT_SPECS[name]
-  layers = spec.num_layers if num_layers is None else num_layers
+  layers = scale_blocks(spec.num_layers, depth)
   return VisionTransformer(
     patch_size=spec.patch_size,
     num_layers=layers,
