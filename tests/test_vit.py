@@ -262,7 +262,8 @@ def test_bfloat16_compute_keeps_norms_and_softmax_in_float32():
 
 def test_attribute_model_reads_the_class_token():
   """The primary classifier sits where `heads.head` sat: on the class token."""
-  model = model_lib.AttributeModel(5, 'vit_b_16', width=1 / 16)
+  # Three blocks (depth 1/4) keep the compile short; the head reads the same token.
+  model = model_lib.AttributeModel(5, 'vit_b_16', width=1 / 16, depth=1 / 4)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 32, 3)), jnp.float32)
   variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x)
   out, captured = jax.jit(
