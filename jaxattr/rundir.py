@@ -599,6 +599,7 @@ FIXED_FIELDS = {
   'this input',
   'model.backbone': "the checkpoint holds this architecture's parameters",
   'model.width': "the checkpoint holds this architecture's parameters",
+  'model.depth': "the checkpoint holds this architecture's parameters",
   'model.param_dtype': 'the checkpoint holds parameters of this dtype',
   'model.attention': "the checkpoint holds this architecture's parameters",
   'model.pretrained': 'pretrained weights are loaded only when a run starts',
@@ -654,6 +655,8 @@ def config_differences(old: Any, new: Any) -> dict[str, tuple[Any, Any]]:
 
 def fixed_reason(field: str, old: Any, new: Any) -> str | None:
   """Why `field` cannot change from `old` to `new` in a resumed run (None: it can)."""
+  if field == 'model.depth' and old is MISSING and new == 1.0:
+    return None  # A run from before `model.depth` existed: the full depth.
   for prefix, reason in FIXED_FIELDS.items():
     if field == prefix or field.startswith(prefix + '.'):
       return reason

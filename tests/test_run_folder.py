@@ -148,6 +148,7 @@ def test_a_rerun_with_another_config_is_refused_listing_the_fields(trained, data
   [
     ('model.backbone', 'resnet34', "holds this architecture's parameters"),
     ('model.attention.levels', (4,), "holds this architecture's parameters"),
+    ('model.depth', 0.5, "holds this architecture's parameters"),
     ('data.image_size', 72, 'full-spatial convolutions are sized for this input'),
     ('data.builder_config', 'small', 'belong to this dataset'),
     ('history.length', 3, 'prediction history has this shape'),
@@ -168,6 +169,21 @@ def test_fields_that_fix_the_model_or_data_are_refused_even_when_allowed(
   assert f'  {field}: ' in str(error.value)
   assert '(cannot change in a resumed run: ' in str(error.value)
   assert reason in str(error.value)
+
+
+def test_a_run_from_before_model_depth_resumes_at_full_depth_only(trained, data_dir, tmp_path):
+  workdir = _copy(trained, tmp_path)
+  saved = json.loads((workdir / rundir.CONFIG).read_text())
+  del saved['model']['depth']
+  (workdir / rundir.CONFIG).write_text(json.dumps(saved))
+  config = _config(data_dir)
+  # New fields need --allow_config_change as always; depth 1.0 is the depth it ran at.
+  assert rundir.check_resume(workdir, config, allow_change=True) == {
+    'model.depth': (rundir.MISSING, 1.0)
+  }
+  config.model.depth = 0.5
+  with pytest.raises(rundir.ConfigChanged, match="model.depth: .* holds this architecture's"):
+    rundir.check_resume(workdir, config, allow_change=True)
 
 
 def test_the_same_config_resumes_and_a_fresh_folder_takes_any(trained, data_dir, tmp_path):
