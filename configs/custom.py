@@ -1,9 +1,18 @@
 """Your own attributes: a folder of images plus a CSV (see docs/custom_data.md).
 
-The short path, for runs from the repository root (`--config=configs/custom.py`), to
-the recipe `jaxattr/configs/custom.py`, which is installed with jaxattr and holds the
-commands and the numbers. A copy of that file works from any directory: it imports
-its base from the package.
+  python -m jaxattr.main --config=configs/custom.py --workdir=runs/mine \
+      --config.data.manual_dir=/path/to/my_data
 """
 
-from jaxattr.configs.custom import get_config  # noqa: F401
+from jaxattr import schema
+
+# PETA's recipe, the base of this one (configs/peta.py, loaded by its path).
+peta = schema.load_recipe('peta')
+
+
+def get_config(arg: str | None = None):
+  config = peta.get_config()
+  config.data.name = 'custom_attributes'
+  config.data.builder_config = ''
+  config.train.num_epochs = 30
+  return schema.apply_args(config, arg)

@@ -1,9 +1,15 @@
-"""Default configuration: every knob of a jaxattr run, with its default.
+"""Every field of a jaxattr run at its default (`jaxattr.schema.FIELDS`), no recipe.
 
-The short path, for runs from the repository root (`--config=configs/default.py`), to
-the recipe `jaxattr/configs/default.py`, which is installed with jaxattr and holds the
-commands and the numbers. A copy of that file works from any directory: it imports
-its base from the package.
+  python -m jaxattr.main --config=configs/default.py --workdir=runs/default
+
+Its data is the synthetic set and its model the paper's ResNet-101 at full size;
+configs/wider.py and configs/peta.py are the paper's recipes, and every recipe here
+starts from these defaults and changes what its run needs. Arguments: a backbone
+name (`configs/default.py:resnet50`).
 """
 
-from jaxattr.configs.default import BACKBONES, apply_args, get_config  # noqa: F401
+from jaxattr import schema
+
+
+def get_config(arg: str | None = None):
+  return schema.apply_args(schema.defaults(), arg)

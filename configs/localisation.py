@@ -13,7 +13,9 @@ it; the pointing game then says whether the attention masks, the weighted masks
 or the primary network's CAMs point at it. 8 epochs of 3,000 images.
 """
 
-from jaxattr.configs import demo
+from jaxattr import schema
+
+demo = schema.load_recipe('demo')
 
 
 def get_config(arg: str | None = None):

@@ -1,9 +1,18 @@
 """RAP v2 (54 attributes, partition 0) — beyond the paper; PETA's recipe.
 
-The short path, for runs from the repository root (`--config=configs/rap2.py`), to
-the recipe `jaxattr/configs/rap2.py`, which is installed with jaxattr and holds the
-commands and the numbers. A copy of that file works from any directory: it imports
-its base from the package.
+  python -m jaxattr.main --config=configs/rap2.py --workdir=runs/rap2 \
+      --config.data.manual_dir=/path/to/RAP
 """
 
-from jaxattr.configs.rap2 import get_config  # noqa: F401
+from jaxattr import schema
+
+# PETA's recipe, the base of this one (configs/peta.py, loaded by its path).
+peta = schema.load_recipe('peta')
+
+
+def get_config(arg: str | None = None):
+  config = peta.get_config()
+  config.data.name = 'rap2'
+  config.data.builder_config = ''
+  config.train.num_epochs = 30
+  return schema.apply_args(config, arg)

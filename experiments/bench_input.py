@@ -28,7 +28,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 from PIL import Image
 
-from configs import default
+from jaxattr import schema
 from jaxattr.data import input_pipeline
 
 # (width, height) of a crop of each kind; each crop's size is jittered by up to 15%.
@@ -151,7 +151,7 @@ def main(argv):
       f'{kind}_{_NUM_TRAIN.value}_{_NUM_EVAL.value}_q{_QUALITY.value}'
     )
     make_dataset(root / 'manual', kind, _NUM_TRAIN.value, _NUM_EVAL.value, _QUALITY.value)
-    config = default.get_config().data
+    config = schema.defaults().data
     config.name = 'custom_attributes'
     config.data_dir = str(root / 'tfds')
     config.manual_dir = str(root / 'manual')

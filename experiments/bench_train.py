@@ -42,8 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from jaxattr import evaluation, inference, losses, optim, sharding, train
-from jaxattr.configs import default
+from jaxattr import evaluation, inference, losses, optim, schema, sharding, train
 from jaxattr.models import attention as attention_lib
 from jaxattr.models import model as model_lib
 
@@ -54,8 +53,8 @@ _BACKBONE = flags.DEFINE_list(
 )
 flags.register_validator(
   'backbone',
-  lambda names: set(names) <= set(default.BACKBONES),
-  f'--backbone takes names of {default.BACKBONES}.',
+  lambda names: set(names) <= set(model_lib.BACKBONES),
+  f'--backbone takes names of {tuple(model_lib.BACKBONES)}.',
 )
 _BATCH = flags.DEFINE_integer('batch', 8, 'Global batch size (train and eval).')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Square input size.')
@@ -90,7 +89,7 @@ def peak_rss_mb() -> float:
 
 def bench_config(backbone: str, image_size: int, batch: int, width: float, variant: str):
   """The default (paper) config at the benchmark's size, for one variant."""
-  config = default.get_config()
+  config = schema.defaults()
   config.model.backbone = backbone
   config.model.width = width
   config.data.image_size = image_size

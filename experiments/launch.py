@@ -39,6 +39,8 @@ from typing import Any
 
 from absl import app, flags, logging
 
+from jaxattr.run import layout
+
 ROOT = Path(__file__).resolve().parents[1]
 
 _UNSAFE = re.compile(r'[^A-Za-z0-9._+=-]')
@@ -169,7 +171,7 @@ def config_args(overrides: dict[str, Any]) -> list[str]:
 
 def is_finished(run_dir: str | os.PathLike) -> bool:
   """Whether a run wrote complete test results (a half-written file counts as not)."""
-  path = Path(run_dir) / 'results.json'
+  path = Path(run_dir) / layout.RESULTS
   if not path.is_file():
     return False
   try:
@@ -271,17 +273,20 @@ def launch(
     if dry_run:
       continue
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / 'command.txt').write_text(' '.join(command) + '\n')
-    (run_dir / 'overrides.json').write_text(json.dumps(overrides) + '\n')
+    (run_dir / layout.COMMAND).write_text(' '.join(command) + '\n')
+    (run_dir / layout.OVERRIDES).write_text(json.dumps(overrides) + '\n')
     start = time.time()
-    with open(run_dir / 'train.log', 'a') as log:
+    with open(run_dir / layout.TRAIN_LOG, 'a') as log:
       code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     durations.append(time.time() - start)
     if code == 0 and is_finished(run_dir):
       logging.info('  done in %.0f s.', durations[-1])
       continue
     logging.error(
-      '  FAILED (exit code %d) after %.0f s; see %s', code, durations[-1], run_dir / 'train.log'
+      '  FAILED (exit code %d) after %.0f s; see %s',
+      code,
+      durations[-1],
+      run_dir / layout.TRAIN_LOG,
     )
     failed.append(run_dir.name)
     if stop_on_failure:
@@ -325,7 +330,7 @@ def check(sweep_spec: str, workdir: str, passthrough: Sequence[str] = ()) -> lis
   """
   import ast
 
-  from jaxattr import config_validation
+  from jaxattr import schema
 
   problems = []
   if Path(workdir).exists() and not Path(workdir).is_dir():
@@ -354,7 +359,7 @@ def check(sweep_spec: str, workdir: str, passthrough: Sequence[str] = ()) -> lis
         found.append(f'config.{key}: no such field')
       except (AttributeError, TypeError) as e:
         found.append(f'config.{key}: cannot be set to {text!r}: {e}')
-    per_run.append((run_name, found + config_validation.validate(config)))
+    per_run.append((run_name, found + schema.validate(config)))
   everywhere = set.intersection(*(set(p) for _, p in per_run)) if per_run else set()
   problems += [p for p in per_run[0][1] if p in everywhere] if per_run else []
   problems += [f'run {n}: {p}' for n, found in per_run for p in found if p not in everywhere]

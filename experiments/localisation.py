@@ -400,17 +400,18 @@ def score_workdir(workdir: str, split: str = 'test', data_dir: str = '') -> dict
   Returns:
     The same dict as `train_and_probe`, with an empty trace.
   """
-  from jaxattr import evaluation, rundir
+  from jaxattr import evaluation
+  from jaxattr.run import files, restore
 
   start = time.time()
-  config = rundir.load_config(workdir)
+  config = files.load_config(workdir)
   if data_dir:
     with config.unlocked():
       config.data.data_dir = data_dir
   evaluator = evaluation.create_evaluator(config, jax.devices()[:1])
-  ref = rundir.resolve_checkpoint(workdir, 'best')
+  ref = restore.resolve_checkpoint(workdir, 'best')
   device = jax.devices()[0]
-  variables = rundir.restore_variables(workdir, ref, jax.sharding.SingleDeviceSharding(device))
+  variables = restore.restore_variables(workdir, ref, jax.sharding.SingleDeviceSharding(device))
   levels = tuple(config.model.attention.levels)
   names = evaluator.info.attribute_names
   probe_fn = make_probe_fn(evaluator.model, config.data, levels)

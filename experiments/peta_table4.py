@@ -26,7 +26,7 @@ without a paper number.
 import ml_collections
 
 from experiments import sweeps
-from jaxattr.configs import peta
+from jaxattr import schema
 
 _ATTENTION = {'loss.primary': 'weighted_focal', 'loss.attention': 'variance_weighted'}
 # (label, overrides, the paper's test F1 of DenseNet-121 on PETA; None = not in the table).
@@ -93,7 +93,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = sweeps.synthetic_base()
     config.eval.metric = 'f1'
   else:
-    config = peta.get_config(arg or None)
+    config = schema.load_recipe('peta').get_config(arg or None)
   if not arg or arg == 'synthetic':
     config.model.backbone = 'densenet121'
   return config

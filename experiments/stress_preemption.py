@@ -37,8 +37,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from configs import test as test_config
-from jaxattr import checkpoints, train
+from jaxattr import checkpoints, schema, train
+from jaxattr.run import layout
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,7 +134,7 @@ def main(argv):
     raise SystemExit(f'Not finished after {_MAX_RESTARTS.value} restarts.')
   preempted_s = time.time() - start
 
-  config = test_config.get_config()
+  config = schema.load_recipe('test').get_config()
   config.data.data_dir = str(data_dir)
   target = train.create_experiment(config, devices=jax.devices()[:1]).state
   got = checkpoints.Checkpointer(workdir).restore(target)
@@ -145,7 +145,7 @@ def main(argv):
   ):
     if not np.array_equal(np.asarray(x), np.asarray(y)):
       mismatched.append(jax.tree_util.keystr(path))
-  results = [json.loads((d / 'results.json').read_text()) for d in (workdir, reference)]
+  results = [json.loads((d / layout.RESULTS).read_text()) for d in (workdir, reference)]
   same_test = results[0]['test']['map_voc'] == results[1]['test']['map_voc']
   print(
     f'preempted: {len(stops)} SIGTERMs (stopped at {stops}), {_STEPS.value} steps in '

@@ -25,6 +25,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments import launch
+from jaxattr.run import layout
 
 _SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file, optionally with an argument: path[:arg].')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Root folder the sweep was launched into.')
@@ -86,11 +87,13 @@ def load_run(run_dir: Path) -> dict[str, Any] | None:
   """
   if not launch.is_finished(run_dir):
     return None
-  run = {'results': json.loads((run_dir / 'results.json').read_text())}
-  for name in ('config', 'attributes'):
-    path = run_dir / f'{name}.json'
+  run = {'results': json.loads((run_dir / layout.RESULTS).read_text())}
+  for name, path in (
+    ('config', run_dir / layout.CONFIG),
+    ('attributes', run_dir / layout.ATTRIBUTES),
+  ):
     run[name] = json.loads(path.read_text()) if path.is_file() else {}
-  path = run_dir / 'metrics.jsonl'
+  path = layout.metrics_path(run_dir)
   lines = path.read_text().splitlines() if path.is_file() else []
   run['rows'] = [json.loads(line) for line in lines]
   return run

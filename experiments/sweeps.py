@@ -12,7 +12,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxattr.configs import demo
+from jaxattr import schema
 
 # A row of a table: (label, dotted config overrides, the paper's number or None).
 Row = tuple[str, dict[str, Any], float | None]
@@ -31,7 +31,7 @@ def synthetic_base() -> ml_collections.ConfigDict:
   Returns:
     The base config of every sweep's 'synthetic' variant.
   """
-  config = demo.get_config()
+  config = schema.load_recipe('demo').get_config()
   config.train.num_epochs = SYNTHETIC_EPOCHS
   config.eval.attention_grid = False
   return config

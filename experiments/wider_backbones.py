@@ -23,9 +23,11 @@ backbone / head learning rates, warm-up + cosine, 30 epochs) as
 
 import ml_collections
 
-from configs import wider
 from experiments.sweeps import synthetic_base
+from jaxattr import schema
 from jaxattr.models import registry
+
+wider = schema.load_recipe('wider')
 
 PRIMARY_ONLY = {'model.attention.levels': (), 'loss.primary': 'bce', 'loss.attention': 'bce'}
 # (label, overrides, the paper's test mAP on WIDER-Attribute: Table 2, left).

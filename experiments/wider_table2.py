@@ -30,7 +30,7 @@ Each row runs with `sweeps.SEEDS` (initialisation and data order), seed-major.
 import ml_collections
 
 from experiments import sweeps
-from jaxattr.configs import wider
+from jaxattr import schema
 
 # (label, overrides, the paper's test mAP of ResNet-101 on WIDER-Attribute, docs/method.md).
 ROWS: tuple[sweeps.Row, ...] = (
@@ -98,7 +98,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """
   if arg == 'synthetic':
     return sweeps.synthetic_base()
-  return wider.get_config(arg)
+  return schema.load_recipe('wider').get_config(arg)
 
 
 def sweep(add) -> None:

@@ -29,8 +29,6 @@ all hosts see.
 
 import hashlib
 import json
-import logging as std_logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +37,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-CHECKSUMS = 'jaxattr_checksums.json'  # In each step directory, beside Orbax's files.
-DAMAGED = 'damaged'  # <workdir>/damaged/<checkpoints|best>-<step>: set aside, never deleted.
+from jaxattr.run import layout
 
 
 class CheckpointError(Exception):
@@ -54,29 +51,11 @@ def one_line(error: BaseException, limit: int = 300) -> str:
   return text if len(text) <= limit else text[: limit - 3] + '...'
 
 
-class DropLibraryInfo(std_logging.Filter):
-  """Drops log records below WARNING that come from inside the given packages."""
-
-  def __init__(self, packages: tuple[str, ...]):
-    super().__init__()
-    self._parts = tuple(f'{os.sep}{p}{os.sep}' for p in packages)
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or not any(
-      p in record.pathname for p in self._parts
-    )
-
-
-def quiet_orbax_logs() -> None:
-  """Hides Orbax's INFO lines (about 20 per save) from absl's log; keeps its warnings."""
-  logging.get_absl_handler().addFilter(DropLibraryInfo(('orbax',)))
-
-
 # --- Checksums ------------------------------------------------------------------------
 
 
 def _files(step_dir: Path) -> list[Path]:
-  return sorted(p for p in step_dir.rglob('*') if p.is_file() and p.name != CHECKSUMS)
+  return sorted(p for p in step_dir.rglob('*') if p.is_file() and p.name != layout.CHECKSUMS)
 
 
 def _sha256(path: Path) -> str:
@@ -95,7 +74,7 @@ def write_checksums(step_dir: str | Path) -> Path:
   """
   step_dir = Path(step_dir)
   sums = {str(p.relative_to(step_dir)): _sha256(p) for p in _files(step_dir)}
-  path = step_dir / CHECKSUMS
+  path = step_dir / layout.CHECKSUMS
   tmp = path.with_name(path.name + '.tmp')
   tmp.write_text(json.dumps({'sha256': sums}, indent=0) + '\n')
   tmp.replace(path)  # Atomic: a reader never sees half a list.
@@ -116,13 +95,13 @@ def verify_checksums(step_dir: str | Path) -> bool:
     CheckpointError: a file is missing or its content changed.
   """
   step_dir = Path(step_dir)
-  path = step_dir / CHECKSUMS
+  path = step_dir / layout.CHECKSUMS
   if not path.is_file():
     return False
   try:
     sums = json.loads(path.read_text())['sha256']
   except (ValueError, KeyError, TypeError) as e:
-    raise CheckpointError(f'{step_dir}: damaged: its {CHECKSUMS} cannot be read ({e}).') from e
+    raise CheckpointError(f'{step_dir}: damaged: its {path.name} cannot be read ({e}).') from e
   for name, digest in sums.items():
     file = step_dir / name
     if not file.is_file():
@@ -156,11 +135,11 @@ class Checkpointer:
       multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=0),
     )
     self.latest = ocp.CheckpointManager(
-      workdir / 'checkpoints',
+      layout.checkpoint_dir(workdir, 'latest'),
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, **common),
     )
     self.best = ocp.CheckpointManager(
-      workdir / 'best',
+      layout.checkpoint_dir(workdir, 'best'),
       options=ocp.CheckpointManagerOptions(
         max_to_keep=1, best_fn=lambda metrics: metrics['value'], best_mode='max', **common
       ),
@@ -252,7 +231,7 @@ class Checkpointer:
     """Moves a damaged latest-k step to `<workdir>/damaged/checkpoints-<step>` (process 0)."""
     source = Path(self.latest.directory) / str(step)
     if jax.process_index() == 0:
-      target = self.workdir / DAMAGED / f'{source.parent.name}-{step}'
+      target = self.workdir / layout.DAMAGED / f'{source.parent.name}-{step}'
       target.parent.mkdir(exist_ok=True)
       n = 1
       while target.exists():  # Damaged twice at the same step: keep both.

@@ -120,18 +120,19 @@ def evaluate_run(
     {'workdir', 'checkpoint', 'step', 'split', 'metrics': {...}} plus, when tuned,
     'tuned_thresholds': {'tuned_on', 'criterion', 'thresholds', 'metrics'}.
   """
-  from jaxattr import evaluation, metrics, rundir, sharding
+  from jaxattr import evaluation, metrics, sharding
+  from jaxattr.run import files, layout, restore
 
   workdir = Path(workdir)
-  config = rundir.load_config(workdir)
-  ref = rundir.resolve_checkpoint(workdir, checkpoint)
+  config = files.load_config(workdir)
+  ref = restore.resolve_checkpoint(workdir, checkpoint)
   with config.unlocked():
     if data_dir:
       config.data.data_dir = data_dir
     if batch_size:
       config.eval.batch_size = batch_size
   ev = evaluation.create_evaluator(config, devices)
-  variables = rundir.restore_variables(workdir, ref, sharding.replicated(ev.mesh))
+  variables = restore.restore_variables(workdir, ref, sharding.replicated(ev.mesh))
   split_name = _split_name(config, split)
   result, data = ev.evaluate(variables, split_name)
   report: dict[str, Any] = {
@@ -171,9 +172,9 @@ def evaluate_run(
         'criterion': 'per-attribute F1',
         'thresholds': report['tuned_thresholds']['thresholds'],
       }
-      (workdir / rundir.THRESHOLDS).write_text(metrics.to_json(thresholds_file, indent=2) + '\n')
+      (workdir / layout.THRESHOLDS).write_text(metrics.to_json(thresholds_file, indent=2) + '\n')
   if write:
-    path = workdir / f'eval_{split}_{checkpoint}.json'
+    path = layout.eval_report_path(workdir, split, checkpoint)
     path.write_text(metrics.to_json(report, indent=2) + '\n')
     report['path'] = str(path)
   return report
@@ -247,7 +248,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-  from jaxattr import rundir
+  from jaxattr.run import layout
 
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -267,7 +268,7 @@ def main(argv: Sequence[str]) -> int:
       data_dir=FLAGS.data_dir,
       batch_size=FLAGS.batch_size,
     )
-  except (rundir.RunError, ValueError) as e:
+  except (layout.RunError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   sys.stdout.write(format_report(report))

@@ -79,14 +79,15 @@ def export_run(
   Returns:
     The header written.
   """
-  from jaxattr import inference, rundir
+  from jaxattr import inference
+  from jaxattr.run import files, restore
   from jaxattr.models import model as model_lib
 
-  config = rundir.load_config(workdir)
-  ref = rundir.resolve_checkpoint(workdir, checkpoint)
-  names, _ = rundir.load_attributes(workdir)
-  variables = rundir.restore_variables(workdir, ref)
-  thresholds = rundir.load_thresholds(workdir, names, ref) if tuned_thresholds else None
+  config = files.load_config(workdir)
+  ref = restore.resolve_checkpoint(workdir, checkpoint)
+  names, _ = files.load_attributes(workdir)
+  variables = restore.restore_variables(workdir, ref)
+  thresholds = files.load_thresholds(workdir, names, ref) if tuned_thresholds else None
   if thresholds is None:
     thresholds = np.full(len(names), float(config.eval.threshold))
   model = model_lib.create_model(config.model, len(names))
@@ -215,7 +216,7 @@ def main(argv: Sequence[str]) -> int:
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Before TensorFlow is first imported.
-  from jaxattr import rundir
+  from jaxattr.run import layout
 
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -231,7 +232,7 @@ def main(argv: Sequence[str]) -> int:
       platforms=FLAGS.platforms,
       tuned_thresholds=FLAGS.tuned_thresholds,
     )
-  except rundir.RunError as e:
+  except layout.RunError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   size = Path(FLAGS.output).stat().st_size

@@ -3,7 +3,7 @@
 `make_infer_fn` is the one inference path of the repository: the end-of-run
 attention grid, `jaxattr.predict`, `jaxattr.export` and the evaluation (which
 adds the pointing game's argmax cells, `argmax_cells`) all call it. A run's
-workdir is read through `jaxattr.rundir`.
+workdir is read through `jaxattr.run`.
 
 `Predictor` runs an inference function on images of one shape, padded to one fixed
 batch size, so it compiles once; batches are dispatched asynchronously and the host
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxattr import rundir
+from jaxattr.run import files, restore
 
 K = TypeVar('K')
 
@@ -141,13 +141,13 @@ class Predictor:
     """
     from jaxattr.models import model as model_lib  # Only workdir predictors need the model.
 
-    config = rundir.load_config(workdir)
-    ref = rundir.resolve_checkpoint(workdir, checkpoint)
-    names, _ = rundir.load_attributes(workdir)
+    config = files.load_config(workdir)
+    ref = restore.resolve_checkpoint(workdir, checkpoint)
+    names, _ = files.load_attributes(workdir)
     model = model_lib.create_model(config.model, len(names))
     device = jax.devices()[0]
-    variables = rundir.restore_variables(workdir, ref, jax.sharding.SingleDeviceSharding(device))
-    thresholds = rundir.load_thresholds(workdir, names, ref) if tuned_thresholds else None
+    variables = restore.restore_variables(workdir, ref, jax.sharding.SingleDeviceSharding(device))
+    thresholds = files.load_thresholds(workdir, names, ref) if tuned_thresholds else None
     return cls(
       make_infer_fn(model, config.data),
       variables,

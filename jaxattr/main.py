@@ -4,7 +4,7 @@ r"""Trains and evaluates a jaxattr model.
   python -m jaxattr.main --config=configs/wider.py:resnet50 --workdir=runs/wider \
       --config.data.manual_dir=/data/wider_attribute
 
-Before any work the config is checked (`config_validation`): every problem is
+Before any work the config is checked (`schema.validate`): every problem is
 printed on one line and the run stops with exit code 2, leaving the workdir
 untouched. Then the run takes the workdir's lock (one writer per folder; a second
 run on the folder stops naming the first) and compares its config with the one
@@ -45,6 +45,8 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from jaxattr.run import layout
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
 config_flags.DEFINE_config_file('config', None, 'Run configuration.', lock_config=True)
@@ -68,8 +70,8 @@ flags.DEFINE_bool(
 flags.DEFINE_bool(
   'allow_config_change',
   False,
-  "Resume although the config differs from the workdir's config.json (the change is "
-  'recorded in config_history.jsonl); fields that fix the model or the data still refuse.',
+  f"Resume although the config differs from the workdir's {layout.CONFIG} (the change is "
+  f'recorded in {layout.CONFIG_HISTORY}); fields that fix the model or the data still refuse.',
 )
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -82,21 +84,23 @@ def _claim_workdir(workdir: Path, config, allow_change: bool):
   Returns:
     (the held lock or None, the problem text or '' when the run may go on).
   """
-  from jaxattr import rundir
+  from jaxattr.run import lock, resume
 
-  lock = None
+  held = None
   try:
-    rundir.create_workdir(workdir)
-    lock = rundir.WorkdirLock(workdir)
-    lock.acquire()
-    changes = rundir.check_resume(workdir, config, allow_change)
-  except rundir.RunError as e:
-    if lock is not None:
-      lock.release()
+    layout.create_workdir(workdir)
+    held = lock.WorkdirLock(workdir)
+    held.acquire()
+    changes = resume.check_resume(workdir, config, allow_change)
+  except layout.RunError as e:
+    if held is not None:
+      held.release()
     return None, str(e)
   if changes:
-    logging.warning('Starting with a config that differs from config.json in: %s', list(changes))
-  return lock, ''
+    logging.warning(
+      'Starting with a config that differs from %s in: %s', layout.CONFIG, list(changes)
+    )
+  return held, ''
 
 
 def main(argv):
@@ -107,9 +111,9 @@ def main(argv):
   tf.config.set_visible_devices([], 'GPU')
 
   if not FLAGS.orbax_logs:
-    from jaxattr import checkpoints
+    from jaxattr.run import logs
 
-    checkpoints.quiet_orbax_logs()
+    logs.quiet_orbax_logs()
 
   import jax
 
@@ -131,16 +135,16 @@ def main(argv):
     jax.device_count(),
     jax.devices()[0].platform,
   )
-  from jaxattr import config_validation
+  from jaxattr import config_validation, schema
 
   # Every process checks (they hold the same config), before the workdir is touched.
-  problems = config_validation.validate(FLAGS.config, num_devices=jax.device_count())
+  problems = schema.validate(FLAGS.config, num_devices=jax.device_count())
   config_validation.exit_if_problems(problems, 'jaxattr.main')
 
   workdir = Path(os.path.expanduser(FLAGS.workdir))
-  lock, refusal = None, ''
+  held, refusal = None, ''
   if jax.process_index() == 0:
-    lock, refusal = _claim_workdir(workdir, FLAGS.config, FLAGS.allow_config_change)
+    held, refusal = _claim_workdir(workdir, FLAGS.config, FLAGS.allow_config_change)
   if jax.process_count() > 1:  # The others wait here for process 0's verdict.
     import numpy as np
     from jax.experimental import multihost_utils
@@ -163,8 +167,8 @@ def main(argv):
     logging.error('Stopped: %s', e)
     raise SystemExit(f'jaxattr.main: process {jax.process_index()}: {e}') from e
   finally:
-    if lock is not None:
-      lock.release()
+    if held is not None:
+      held.release()
 
 
 if __name__ == '__main__':

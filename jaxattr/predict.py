@@ -295,7 +295,8 @@ def main(argv: Sequence[str]) -> int:
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Before TensorFlow is first imported.
-  from jaxattr import config_validation, inference, rundir
+  from jaxattr import config_validation, inference
+  from jaxattr.run import layout
 
   inputs = argv[1:]
   # Every bad flag, one line each; exit code 2.
@@ -314,7 +315,7 @@ def main(argv: Sequence[str]) -> int:
         batch_size=FLAGS.batch_size,
         tuned_thresholds=FLAGS.tuned_thresholds,
       )
-  except (rundir.RunError, ValueError, OSError) as e:
+  except (layout.RunError, ValueError, OSError) as e:
     sys.stderr.write(f'error: {e}\n')
     return 2
   logging.info('Model: %s', predictor.description)

@@ -16,7 +16,7 @@ the first steps, tests/test_train.py), and over a run the rounding differences o
 the summation order grow, enough to move thresholded metrics. The optimizers and
 schedules are built by `jaxattr.optim`; evaluation (every epoch on the validation
 split, at the end on both) is `jaxattr.evaluation`; every file the run writes is
-named by `jaxattr.rundir`.
+named by `jaxattr.run.layout`.
 
 TensorFlow feeds the input pipeline only: it (and clu's writers, which import it)
 is imported by the functions that read data or write logs, so the state, the step
@@ -49,7 +49,8 @@ import numpy as np
 from absl import logging
 from flax import linen as nn
 
-from jaxattr import checkpoints, evaluation, inference, losses, metrics, optim, rundir, sharding
+from jaxattr import checkpoints, evaluation, inference, losses, metrics, optim, sharding
+from jaxattr.run import files, layout, logs, resume
 from jaxattr import history as hist
 from jaxattr.models import model as model_lib
 from jaxattr.optim import BACKBONE
@@ -418,7 +419,7 @@ def train_and_evaluate(
   """
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  with rundir.logging_to(workdir):
+  with logs.logging_to(workdir):
     return _train_and_evaluate(config, workdir, devices)
 
 
@@ -428,7 +429,7 @@ def _train_and_evaluate(config, workdir: Path, devices) -> dict[str, Any]:
 
   ex = create_experiment(config, devices)
   if is_main:  # So the tools restore a run without its dataset: names, train positive ratios.
-    rundir.write_attributes(workdir, ex.info.attribute_names, ex.info.positive_ratio)
+    files.write_attributes(workdir, ex.info.attribute_names, ex.info.positive_ratio)
   state, spe, total_steps = ex.state, ex.steps_per_epoch, ex.total_steps
   ckpt = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints, cleanup_tmp=True)
   restored = ckpt.restore_latest(state)  # The newest readable; damaged ones set aside.
@@ -442,11 +443,11 @@ def _train_and_evaluate(config, workdir: Path, devices) -> dict[str, Any]:
     path = pretrained.resolve(model.pretrained, model.backbone, model.width, model.depth)
     state = pretrained.load_into(state, path)
   if is_main:  # The config in use from this step on: config.json, config_history.jsonl.
-    rundir.record_config(workdir, config, int(state.step))
+    resume.record_config(workdir, config, int(state.step))
 
   from clu import periodic_actions  # Imports TensorFlow: only the loop reports.
 
-  writer = rundir.MetricsWriter(workdir)
+  writer = logs.MetricsWriter(workdir)
   report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer.clu)
   stop = _Stop(multiprocess=jax.process_count() > 1)
   step = int(state.step)
@@ -532,7 +533,7 @@ def _train_and_evaluate(config, workdir: Path, devices) -> dict[str, Any]:
     results['validation'], _ = ex.evaluate(best, config.data.eval_split)
     results['test'], _ = ex.evaluate(best, config.data.test_split)
   if config.eval.attention_grid and is_main and config.model.attention.levels:
-    grid = evaluation.attention_grid(ex.evaluator, best.variables(), rundir.attention_path(workdir))
+    grid = evaluation.attention_grid(ex.evaluator, best.variables(), layout.attention_path(workdir))
     results['attention_grid'] = str(grid)
   results['wall_time_s'] = time.time() - start_time
   writer.scalars(
@@ -541,7 +542,7 @@ def _train_and_evaluate(config, workdir: Path, devices) -> dict[str, Any]:
   writer.close()
   if is_main:
     markdown = evaluation.results_markdown(results)
-    rundir.write_results(workdir, results, markdown)
+    files.write_results(workdir, results, markdown)
     logging.info('Results:\n%s', markdown)
     for line in evaluation.pointing_game_lines(results['test']):
       logging.info('Test %s', line)

@@ -105,11 +105,11 @@ def data_dir(tmp_path_factory) -> str:
 
   Shared by every test that asks for it: treat it as read-only (copy it to damage it).
   """
-  from jaxattr.configs import test as test_config
+  from jaxattr import schema
   from jaxattr.data import input_pipeline
 
   path = tmp_path_factory.mktemp('tfds')
-  config = test_config.get_config()
+  config = schema.load_recipe('test').get_config()
   config.data.data_dir = str(path)
   input_pipeline.prepare(input_pipeline.get_builder(config.data), config.data)
   return str(path)
@@ -156,9 +156,9 @@ def make_config(data_dir: str, **overrides: Any):
   Returns:
     The config.
   """
-  from jaxattr.configs import test as test_config
+  from jaxattr import schema
 
-  config = test_config.get_config()
+  config = schema.load_recipe('test').get_config()
   config.data.data_dir = data_dir
   for key, value in overrides.items():
     node = config

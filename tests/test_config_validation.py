@@ -1,4 +1,4 @@
-"""config_validation: every bad value gives one line naming its field, all at once.
+"""schema.validate and config_validation: every bad value gives one line naming its field.
 
 Most cases call `validate` in-process on configs/test.py with one value changed; one
 real `python -m jaxattr.main` checks the command line: exit code 2, one line per
@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from configs import default, demo, peta, test, wider
-from jaxattr import config_validation
+from jaxattr import config_validation, schema
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _config(**changes):
-  config = test.get_config()
+  config = schema.load_recipe('test').get_config()
   for field, value in changes.items():
     node = config
     *parents, leaf = field.split('.')
@@ -31,9 +30,10 @@ def _config(**changes):
   return config
 
 
-@pytest.mark.parametrize('module', [default, test, demo, wider, peta])
-def test_shipped_configs_are_valid(module):
-  assert config_validation.validate(module.get_config(), num_devices=4) == []
+@pytest.mark.parametrize('recipe', ['default', 'test', 'demo', 'wider', 'peta'])
+def test_shipped_configs_are_valid(recipe):
+  config = schema.load_recipe(recipe).get_config()
+  assert schema.validate(config, num_devices=4) == []
 
 
 # (field, bad value, words the line must contain). The first three are the issue's.
@@ -86,7 +86,7 @@ BAD = [
 
 @pytest.mark.parametrize(('field', 'value', 'words'), BAD, ids=[f'{f}={v}' for f, v, _ in BAD])
 def test_each_bad_value_gives_one_line_naming_its_field(field, value, words):
-  problems = config_validation.validate(_config(**{field: value}), num_devices=4)
+  problems = schema.validate(_config(**{field: value}), num_devices=4)
   assert len(problems) == 1, problems
   # crop_max's line names the three fields of the relation.
   name = 'data.crop_min, crop_max, resize_size' if field == 'data.crop_max' else field
@@ -96,7 +96,7 @@ def test_each_bad_value_gives_one_line_naming_its_field(field, value, words):
 
 def test_torchvision_weights_of_the_backbone_are_valid():
   config = _config(**{'model.pretrained': 'torchvision:resnet18'})
-  assert config_validation.validate(config, num_devices=1) == []
+  assert schema.validate(config, num_devices=1) == []
 
 
 def test_feature_aggregation_needs_both_levels():
@@ -106,7 +106,7 @@ def test_feature_aggregation_needs_both_levels():
       'model.attention.aggregation': 'feature_upsample',
     }
   )
-  (problem,) = config_validation.validate(config)
+  (problem,) = schema.validate(config)
   assert problem.startswith('config.model.attention.aggregation: ')
 
 
@@ -119,7 +119,7 @@ def test_several_bad_values_give_one_line_each_in_field_order():
       'loss.gamma': -1.0,
     }
   )
-  problems = config_validation.validate(config, num_devices=4)
+  problems = schema.validate(config, num_devices=4)
   assert [p.split(':')[0] for p in problems] == [
     'config.data.name',
     'config.loss.gamma',
@@ -129,10 +129,10 @@ def test_several_bad_values_give_one_line_each_in_field_order():
 
 
 def test_a_missing_field_is_named():
-  config = test.get_config()
+  config = schema.load_recipe('test').get_config()
   with config.unlocked():
     del config.eval['metric']
-  assert config_validation.validate(config) == ['config.eval.metric: missing']
+  assert schema.validate(config) == ['config.eval.metric: missing']
 
 
 def test_exit_if_problems_prints_one_line_each_and_exits_2(capsys):

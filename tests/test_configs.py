@@ -35,27 +35,27 @@ def test_configs_load_from_another_directory_and_as_copies(tmp_path):
   cwd.mkdir()
   wider = 'wider_attribute - resnet50 mean'
   assert _load(f'{REPO}/configs/wider.py:resnet50', cwd) == wider
-  assert _load(f'{REPO}/jaxattr/configs/wider.py:resnet50', cwd) == wider
   assert _load(f'{REPO}/configs/pa100k.py', cwd) == 'pa100k - resnet101 mean'
   assert _load(f'{REPO}/configs/test.py', cwd) == 'synthetic_attributes tiny resnet18 sum'
   # A user's edited copy of a recipe, in a folder of their own.
   copy = tmp_path / 'mine' / 'my_peta.py'
   copy.parent.mkdir()
-  shutil.copy(REPO / 'jaxattr' / 'configs' / 'peta.py', copy)
+  shutil.copy(REPO / 'configs' / 'peta.py', copy)
   copy.write_text(
     copy.read_text().replace(
       "config.model.backbone = 'resnet101'", "config.model.backbone = 'resnet50'"
     )
   )
   assert _load(f'{copy}:vespa', cwd) == 'peta vespa resnet50 mean'
-  # And a copy of the repository's short path.
+  # And a copy of another recipe.
   shutil.copy(REPO / 'configs' / 'demo.py', tmp_path / 'mine' / 'demo.py')
   assert _load(str(tmp_path / 'mine' / 'demo.py'), cwd) == 'synthetic_attributes small resnet18 sum'
 
 
 def test_peta_states_its_split():
-  from jaxattr.configs import peta
+  from jaxattr import schema
 
+  peta = schema.load_recipe('peta')
   assert peta.get_config().data.builder_config == 'mat0'
   paper = peta.get_config('vespa')
   assert paper.data.builder_config == 'vespa'

@@ -27,8 +27,7 @@ import pytest
 import torch
 from flax import traverse_util
 
-from configs import test as test_config
-from jaxattr import convert, pretrained, train
+from jaxattr import convert, pretrained, schema, train
 from jaxattr.models import create_backbone
 from jaxattr.models import densenet as densenet_lib
 from jaxattr.models import model as model_lib
@@ -444,7 +443,7 @@ def test_training_starts_from_converted_weights(tiny_resnet, tmp_path):
   torch.save(model.state_dict(), source)
   convert.convert_file('resnet18', source, tmp_path / 'pretrained', width=TINY_WIDTH)
 
-  config = test_config.get_config()
+  config = schema.load_recipe('test').get_config()
   config.data.data_dir = str(tmp_path / 'tfds')
   config.model.pretrained = str(tmp_path / 'pretrained')
   ex = train.create_experiment(config, devices=jax.devices()[:1])

@@ -16,8 +16,8 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from configs import default
 from experiments import launch, summarize, sweeps
+from jaxattr import schema
 from jaxattr.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -290,7 +290,6 @@ def test_substitute_and_split_argv():
 
 FAKE_SWEEP = textwrap.dedent(
   """
-  from configs import default
 
   ROWS = (
     ('plain', {'loss.primary': 'bce'}, 80.0),
@@ -301,7 +300,7 @@ FAKE_SWEEP = textwrap.dedent(
 
 
   def get_config(arg=None):
-    return default.get_config()
+    return schema.defaults()
 
 
   def sweep(add):
@@ -390,7 +389,7 @@ def _write_run(run_dir, map_voc, ap_d, pointing=None, epochs=6, validation=None)
     'best_step': 100 if map_voc > 0.71 else 50,
   }
   (run_dir / 'results.json').write_text(json.dumps(results))
-  config = default.get_config()
+  config = schema.defaults()
   config.train.num_epochs = epochs
   (run_dir / 'config.json').write_text(config.to_json_best_effort())
   (run_dir / 'attributes.json').write_text(json.dumps({'names': NAMES, 'positive_ratio': RATIOS}))

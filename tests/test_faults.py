@@ -23,8 +23,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs import test as test_config
-from jaxattr import checkpoints, train
+from jaxattr import checkpoints, schema, train
 from jaxattr.data import common, input_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,7 +103,7 @@ def _tail(log: Path, n: int = 4000) -> str:
 
 
 def _config(data_dir: str):
-  config = test_config.get_config()
+  config = schema.load_recipe('test').get_config()
   config.data.data_dir = data_dir
   config.train.batch_size = 8
   config.train.freeze_backbone_epochs = 3
@@ -326,7 +325,7 @@ def _image_id(index: int, split: str = 'train') -> str:
 @pytest.fixture(scope='module')
 def clean_stream(data_dir):
   """Indices of the first two epochs of the clean train stream (global batch 16)."""
-  config = test_config.get_config()
+  config = schema.load_recipe('test').get_config()
   config.data.data_dir = data_dir
   builder = input_pipeline.get_builder(config.data)
   batches = input_pipeline.train_batches(builder, config.data, global_batch=16, seed=0)
@@ -341,7 +340,7 @@ def bad_train(data_dir, clean_stream, tmp_path_factory):
 
 
 def _stream(data_dir: str, mode: str, **kwargs):
-  config = test_config.get_config()
+  config = schema.load_recipe('test').get_config()
   config.data.data_dir = data_dir
   config.data.on_bad_image = mode
   builder = input_pipeline.get_builder(config.data)
@@ -411,7 +410,7 @@ def test_training_skips_corrupt_images_and_evaluates_the_rest(
   data_dir, damage = bad_train
   bad_val = 5
   data_dir = _corrupt(data_dir, tmp_path / 'tfds', 'validation', {bad_val: 'garbage'})
-  config = test_config.get_config()
+  config = schema.load_recipe('test').get_config()
   config.data.data_dir = data_dir
   config.data.on_bad_image = 'skip'
   config.train.max_steps = 8  # Epoch 0 and its evaluation (frozen stage: one compile).

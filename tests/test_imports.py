@@ -36,7 +36,8 @@ def test_modules_import_without_tensorflow():
   proc = _run(
     """
     import jaxattr.evaluation, jaxattr.history, jaxattr.inference, jaxattr.losses
-    import jaxattr.metrics, jaxattr.optim, jaxattr.rundir, jaxattr.sharding, jaxattr.train
+    import jaxattr.metrics, jaxattr.optim, jaxattr.run.files, jaxattr.sharding, jaxattr.train
+    import jaxattr.run.layout, jaxattr.run.lock, jaxattr.run.logs, jaxattr.run.resume, jaxattr.schema
     import jaxattr.models.model
     import experiments.bench_train
     loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow' and sys.modules[m])
@@ -105,7 +106,7 @@ def test_evaluate_imports_no_training_code():
   """`jaxattr.evaluate` re-uses the evaluation module; the train state and loop stay out."""
   proc = _run(
     """
-    import jaxattr.evaluate, jaxattr.evaluation, jaxattr.metrics, jaxattr.rundir, jaxattr.sharding
+    import jaxattr.evaluate, jaxattr.evaluation, jaxattr.metrics, jaxattr.run.files, jaxattr.sharding
     import jaxattr.export, jaxattr.predict
     training = [m for m in ('jaxattr.train', 'jaxattr.optim', 'jaxattr.losses') if m in sys.modules]
     assert not training, training

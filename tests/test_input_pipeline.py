@@ -17,7 +17,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from configs import default
+from jaxattr import schema
 from jaxattr.data import input_pipeline
 
 NUM_TRAIN = 37  # 4 global batches of 8; 5 examples of each epoch's shuffle left out.
@@ -40,7 +40,7 @@ def _labels(i: int) -> list[int]:
 
 
 def _data_config(root: Path) -> object:
-  config = default.get_config().data
+  config = schema.defaults().data
   config.name = 'custom_attributes'
   config.data_dir = str(root / 'tfds')
   config.manual_dir = str(root / 'manual')
@@ -291,7 +291,7 @@ def test_steps_per_epoch():
 
 
 def _config(**overrides):
-  config = default.get_config().data
+  config = schema.defaults().data
   config.image_size = SIZE
   config.resize_size = 36
   config.crop_min = 16

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from configs import default as default_config
+from jaxattr import schema
 from jaxattr.models import attention as attention_lib
 from jaxattr.models import densenet as densenet_lib
 from jaxattr.models import model as model_lib
@@ -755,7 +755,7 @@ def test_feature_aggregation_grids():
 
 
 def test_create_model_from_the_default_config():
-  config = default_config.get_config()
+  config = schema.defaults()
   model = model_lib.create_model(config.model, 14)
   out, variables = jax.eval_shape(
     lambda: model.init_with_output(_key(0), _images(224, 224, 1), train=False)
@@ -763,7 +763,7 @@ def test_create_model_from_the_default_config():
   assert set(variables['params']) == {'backbone', 'classifier', 'attention3', 'attention4'}
   assert out['attention_logits'].shape == (2, 1, 14)
   assert [a.shape for a in out['masks']] == [(1, 14, 14, 14), (1, 7, 7, 14)]
-  bad = default_config.get_config()
+  bad = schema.defaults()
   bad.model.attention.levels = (4,)
   bad.model.attention.aggregation = 'feature_maxpool'
   with pytest.raises(ValueError, match='needs attention.levels=\\(3, 4\\)'):

@@ -20,7 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxattr import checkpoints, evaluate, export, inference, rundir, train
+from jaxattr import checkpoints, evaluate, export, inference, schema, train
+from jaxattr.run import layout, lock, resume
 from tests.conftest import make_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,8 +100,8 @@ def _corrupt(step_dir: Path) -> Path:
 
 _HOLDER = """
 import sys, time
-from jaxattr import rundir
-rundir.WorkdirLock(sys.argv[1]).acquire()
+from jaxattr.run import lock
+lock.WorkdirLock(sys.argv[1]).acquire()
 print('locked', flush=True)
 time.sleep(600)
 """
@@ -164,8 +165,8 @@ def test_fields_that_fix_the_model_or_data_are_refused_even_when_allowed(
   for part in rest[:-1]:
     node = node[part]
   node[rest[-1]] = value
-  with pytest.raises(rundir.ConfigChanged) as error:
-    rundir.check_resume(trained, config, allow_change=True)
+  with pytest.raises(resume.ConfigChanged) as error:
+    resume.check_resume(trained, config, allow_change=True)
   assert f'  {field}: ' in str(error.value)
   assert '(cannot change in a resumed run: ' in str(error.value)
   assert reason in str(error.value)
@@ -173,22 +174,22 @@ def test_fields_that_fix_the_model_or_data_are_refused_even_when_allowed(
 
 def test_a_run_from_before_model_depth_resumes_at_full_depth_only(trained, data_dir, tmp_path):
   workdir = _copy(trained, tmp_path)
-  saved = json.loads((workdir / rundir.CONFIG).read_text())
+  saved = json.loads((workdir / layout.CONFIG).read_text())
   del saved['model']['depth']
-  (workdir / rundir.CONFIG).write_text(json.dumps(saved))
+  (workdir / layout.CONFIG).write_text(json.dumps(saved))
   config = _config(data_dir)
   # New fields need --allow_config_change as always; depth 1.0 is the depth it ran at.
-  assert rundir.check_resume(workdir, config, allow_change=True) == {
-    'model.depth': (rundir.MISSING, 1.0)
+  assert resume.check_resume(workdir, config, allow_change=True) == {
+    'model.depth': (schema.MISSING, 1.0)
   }
   config.model.depth = 0.5
-  with pytest.raises(rundir.ConfigChanged, match="model.depth: .* holds this architecture's"):
-    rundir.check_resume(workdir, config, allow_change=True)
+  with pytest.raises(resume.ConfigChanged, match="model.depth: .* holds this architecture's"):
+    resume.check_resume(workdir, config, allow_change=True)
 
 
 def test_the_same_config_resumes_and_a_fresh_folder_takes_any(trained, data_dir, tmp_path):
-  assert rundir.check_resume(trained, _config(data_dir)) == {}
-  assert rundir.check_resume(tmp_path, _config(data_dir)) == {}
+  assert resume.check_resume(trained, _config(data_dir)) == {}
+  assert resume.check_resume(tmp_path, _config(data_dir)) == {}
 
 
 def test_allowed_change_resumes_from_the_newest_readable_checkpoint_after_a_killed_run(
@@ -218,7 +219,7 @@ def test_allowed_change_resumes_from_the_newest_readable_checkpoint_after_a_kill
   assert 'Restoring latest checkpoint of step 4 ' in log
   assert checkpoints.Checkpointer(workdir).latest_step() == 12
 
-  history = rundir.load_config_history(workdir)
+  history = resume.load_config_history(workdir)
   assert [e['step'] for e in history] == [0, 4]
   assert history[0]['config'] == original
   assert history[1]['changed'] == {
@@ -231,7 +232,7 @@ def test_allowed_change_resumes_from_the_newest_readable_checkpoint_after_a_kill
   markdown = (workdir / 'results.md').read_text()
   assert 'This run changed its config while training' in markdown
   assert '- from step 4: optimizer.learning_rate 0.05 -> 0.5, train.max_steps 8 -> 12' in markdown
-  assert (workdir / rundir.LOCK).read_text() == ''  # Released at the end.
+  assert (workdir / layout.LOCK).read_text() == ''  # Released at the end.
 
 
 # --- One writer -------------------------------------------------------------------------
@@ -255,31 +256,31 @@ def test_a_second_run_on_a_folder_in_use_stops_naming_the_first(trained, data_di
 
 
 def test_tools_read_a_folder_in_use(trained):
-  with rundir.WorkdirLock(trained):  # As while a run trains in it.
+  with lock.WorkdirLock(trained):  # As while a run trains in it.
     predictor = inference.Predictor.from_workdir(trained, 'latest')
   assert predictor.description
 
 
 def test_lock_names_its_holder_and_is_released(tmp_path, caplog):
-  lock = rundir.WorkdirLock(tmp_path)
-  assert lock.acquire() == {}
-  record = json.loads((tmp_path / rundir.LOCK).read_text())
+  held = lock.WorkdirLock(tmp_path)
+  assert held.acquire() == {}
+  record = json.loads((tmp_path / layout.LOCK).read_text())
   assert (record['pid'], record['host']) == (os.getpid(), socket.gethostname())
-  with pytest.raises(rundir.RunLocked, match=f'pid {os.getpid()} on host '):
-    rundir.WorkdirLock(tmp_path).acquire()  # Another open file: the same process is refused.
-  lock.release()
-  lock.release()  # Idempotent.
-  assert (tmp_path / rundir.LOCK).read_text() == ''
-  with rundir.WorkdirLock(tmp_path):  # Free again, and nothing to take over.
+  with pytest.raises(lock.RunLocked, match=f'pid {os.getpid()} on host '):
+    lock.WorkdirLock(tmp_path).acquire()  # Another open file: the same process is refused.
+  held.release()
+  held.release()  # Idempotent.
+  assert (tmp_path / layout.LOCK).read_text() == ''
+  with lock.WorkdirLock(tmp_path):  # Free again, and nothing to take over.
     assert 'Took over' not in caplog.text
 
 
 def test_a_killed_holders_lock_is_taken_over_with_a_log_line(tmp_path, caplog):
   holder = _hold_lock(tmp_path)
   _kill(holder)
-  lock = rundir.WorkdirLock(tmp_path)
-  previous = lock.acquire()
-  lock.release()
+  held = lock.WorkdirLock(tmp_path)
+  previous = held.acquire()
+  held.release()
   assert previous['pid'] == holder.pid
   assert f'Took over the lock of {tmp_path} left by a run' in caplog.text
 
@@ -290,17 +291,17 @@ def test_without_file_locks_the_record_decides(tmp_path, monkeypatch):
   def no_flock(fd, operation):
     raise OSError(37, 'No locks available')
 
-  monkeypatch.setattr(rundir.fcntl, 'flock', no_flock)
-  path = tmp_path / rundir.LOCK
+  monkeypatch.setattr(lock.fcntl, 'flock', no_flock)
+  path = tmp_path / layout.LOCK
   path.write_text(json.dumps({'host': socket.gethostname(), 'pid': os.getpid(), 'since': 'x'}))
-  with pytest.raises(rundir.RunLocked):
-    rundir.WorkdirLock(tmp_path).acquire()
+  with pytest.raises(lock.RunLocked):
+    lock.WorkdirLock(tmp_path).acquire()
   dead = subprocess.Popen([sys.executable, '-c', ''])
   dead.wait()
   path.write_text(json.dumps({'host': socket.gethostname(), 'pid': dead.pid, 'since': 'x'}))
-  lock = rundir.WorkdirLock(tmp_path)
-  assert lock.acquire()['pid'] == dead.pid
-  lock.release()
+  held = lock.WorkdirLock(tmp_path)
+  assert held.acquire()['pid'] == dead.pid
+  held.release()
 
 
 # --- The workdir itself ---------------------------------------------------------------------
@@ -309,11 +310,11 @@ def test_without_file_locks_the_record_decides(tmp_path, monkeypatch):
 def test_a_workdir_that_cannot_be_written_is_named_in_one_line(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('')
-  with pytest.raises(rundir.RunError, match=r'/file: cannot be used as the workdir: it is a file'):
-    rundir.create_workdir(blocker)
-  with pytest.raises(rundir.RunError, match=f'its parent {blocker} is a file, not a folder'):
-    rundir.create_workdir(blocker / 'run')
-  assert rundir.create_workdir(tmp_path / 'a' / 'b').is_dir()
+  with pytest.raises(layout.RunError, match=r'/file: cannot be used as the workdir: it is a file'):
+    layout.create_workdir(blocker)
+  with pytest.raises(layout.RunError, match=f'its parent {blocker} is a file, not a folder'):
+    layout.create_workdir(blocker / 'run')
+  assert layout.create_workdir(tmp_path / 'a' / 'b').is_dir()
 
 
 # --- Damaged checkpoints ------------------------------------------------------------------
@@ -334,7 +335,7 @@ def test_tools_name_a_damaged_checkpoint_in_one_line(trained, tmp_path):
     lambda: inference.Predictor.from_workdir(workdir, 'best'),
     lambda: export.export_run(workdir, tmp_path / 'model.bin', checkpoint='best'),
   ):
-    with pytest.raises(rundir.RunError) as error:
+    with pytest.raises(layout.RunError) as error:
       call()
     assert str(error.value) == expected
 
@@ -354,15 +355,15 @@ def test_damage_orbax_notices_without_checksums_is_named_in_one_line(trained, tm
   """A run from before the checksums: TensorStore's error, its first line only."""
   workdir = _copy(trained, tmp_path)
   best = _best_dir(workdir)
-  (best / checkpoints.CHECKSUMS).unlink()
-  # Every data file zeroed: TensorStore cannot decode any chunk. (Damaging one file was
-  # flaky: which arrays share a file varies between saves, and the one damaged may hold
-  # only arrays that prediction never reads, such as optimizer moments.)
+  (best / layout.CHECKSUMS).unlink()
+  # Every data file zeroed: TensorStore cannot decode any chunk. One damaged file would not
+  # do: which arrays share a file varies between saves, and that file may hold only arrays
+  # that prediction never reads, such as optimizer moments.
   data_files = [p for p in best.rglob('d/*') if p.is_file()]
   assert data_files
   for path in data_files:
     path.write_bytes(bytes(path.stat().st_size))
-  with pytest.raises(rundir.RunError) as error:
+  with pytest.raises(layout.RunError) as error:
     inference.Predictor.from_workdir(workdir, 'best')
   message = str(error.value)
   assert message.startswith(f'{best}: cannot be read (')
@@ -390,9 +391,9 @@ def test_checksums_cover_every_file_of_a_save(tmp_path):
   ckpt.wait()
   ckpt.close()
   step_dir = tmp_path / 'checkpoints' / '3'
-  sums = json.loads((step_dir / checkpoints.CHECKSUMS).read_text())['sha256']
+  sums = json.loads((step_dir / layout.CHECKSUMS).read_text())['sha256']
   files = {str(p.relative_to(step_dir)) for p in step_dir.rglob('*') if p.is_file()}
-  assert set(sums) == files - {checkpoints.CHECKSUMS}
+  assert set(sums) == files - {layout.CHECKSUMS}
   assert checkpoints.verify_checksums(step_dir)
   victim = step_dir / sorted(sums)[0]
   victim.unlink()

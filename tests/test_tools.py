@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 from sklearn.metrics import f1_score, precision_score, recall_score
 
-from jaxattr import checkpoints, evaluate, export, inference, predict, rundir, train, visualize
+from jaxattr import checkpoints, evaluate, export, inference, predict, train, visualize
+from jaxattr.run import files, restore
 from jaxattr.data import input_pipeline, synthetic
 from jaxattr.models import model as model_lib
 from tests.conftest import make_config, run_tool
@@ -312,7 +313,7 @@ def test_tuned_thresholds_follow_their_checkpoint(run, tmp_path):
   workdir, _ = run
   copy = tmp_path / 'run'
   shutil.copytree(workdir, copy)
-  ref = rundir.resolve_checkpoint(copy, 'auto')
+  ref = restore.resolve_checkpoint(copy, 'auto')
   names = list(synthetic.ATTRIBUTES)
   thresholds = {n: 0.1 + 0.01 * i for i, n in enumerate(names)}
   file = {'checkpoint': ref.which, 'step': ref.step, 'thresholds': thresholds}
@@ -342,10 +343,10 @@ def test_predictor_from_variables_in_memory(run, direct, images):
 
 def test_attributes_from_the_workdir(run):
   workdir, _ = run
-  names, ratio = rundir.load_attributes(workdir)
+  names, ratio = files.load_attributes(workdir)
   assert names == list(synthetic.ATTRIBUTES)
   assert ratio.shape == (14,) and np.all((ratio >= 0) & (ratio <= 1))
-  levels = rundir.load_config(workdir).model.attention.levels
+  levels = files.load_config(workdir).model.attention.levels
   assert levels == (3, 4)
 
 

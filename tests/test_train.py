@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 from jaxattr import checkpoints, inference, losses, metrics, train
 from jaxattr.data import input_pipeline
 from jaxattr.models import model as model_lib
+from jaxattr.run import logs
 from tests.conftest import make_config
 
 
@@ -75,7 +76,7 @@ def test_library_info_filter():
   def record(path, level):
     return logging.LogRecord('absl', level, path, 1, 'message', None, None)
 
-  keep = checkpoints.DropLibraryInfo(('orbax',)).filter
+  keep = logs.DropLibraryInfo(('orbax',)).filter
   orbax = os.path.join('', 'site-packages', 'orbax', 'checkpoint', 'checkpoint_manager.py')
   assert not keep(record(orbax, logging.INFO))
   assert keep(record(orbax, logging.WARNING)) and keep(record(orbax, logging.ERROR))
