@@ -290,6 +290,7 @@ def test_substitute_and_split_argv():
 
 FAKE_SWEEP = textwrap.dedent(
   """
+  from jaxattr import schema
 
   ROWS = (
     ('plain', {'loss.primary': 'bce'}, 80.0),
