@@ -1,5 +1,6 @@
 """Tests of the configs: they load from any directory, and a copy of one works too."""
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -60,3 +61,24 @@ def test_peta_states_its_split():
   paper = peta.get_config('vespa')
   assert paper.data.builder_config == 'vespa'
   assert 'VeSPA split' in peta.__doc__ and 'configs/peta.py:vespa' in peta.__doc__
+
+
+def test_recipes_are_loaded_by_path_never_imported():
+  """configs/ is a folder of recipe files, not a package: code loads them by path."""
+  imports = []
+  for folder in ('jaxattr', 'experiments', 'tests', 'configs'):
+    for path in sorted((REPO / folder).rglob('*.py')):
+      for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+          modules = [node.module or '']
+        elif isinstance(node, ast.Import):
+          modules = [alias.name for alias in node.names]
+        else:
+          continue
+        imports += [
+          f'{path.relative_to(REPO)}:{node.lineno}: {m}'
+          for m in modules
+          if m.split('.')[0] == 'configs' or m.startswith('jaxattr.configs')
+        ]
+  assert imports == []
+  assert not list((REPO / 'jaxattr' / 'configs').glob('*.py'))
