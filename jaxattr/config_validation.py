@@ -1,14 +1,15 @@
 """Checks of values and flags that report every problem at once, one line each.
 
-The config's fields are checked with these helpers (`jaxattr.schema.validate`), and
-so are the tools' flags (`evaluate`, `predict`, `export`, `experiments/launch.py`);
-each reports the same way (`exit_if_problems`: one line per problem, exit code 2).
+The config's fields are checked with the check builders here (`integer`, `number`,
+`choice`, ...; `jaxattr.schema` declares each field's check), and so are the tools'
+flags (`evaluate`, `predict`, `export`, `experiments/launch.py`); each reports the
+same way (`exit_if_problems`: one line per problem, exit code 2).
 """
 
 import math
 import numbers
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,115 @@ def divisible_batch(name: str, value: Any, num_devices: int | None) -> str | Non
   if devices == 1:
     return f'{name}: must be a positive integer, got {value!r}'
   return f'{name}: must be a positive multiple of {devices} devices, got {value!r}'
+
+
+# --- Checks of a config field -----------------------------------------------------------
+# A check is called as `check(name, value, config, num_devices)`, with `name` the field's
+# `config.<path>` and its value present, and returns its problem lines (or one line, or
+# None). `jaxattr.schema` declares each field's check with these.
+
+Check = Callable[[str, Any, Any, int | None], Any]  # (name, value, config, num_devices).
+
+
+def problem_lines(result: Any) -> list[str]:
+  """A check's result (one line, None or several) as a list of problem lines."""
+  if result is None:
+    return []
+  if isinstance(result, str):
+    return [result]
+  return [line for line in result if line]
+
+
+def integer(minimum: int | None = None, maximum: int | None = None) -> Check:
+  """An int (not a bool) in [minimum, maximum]."""
+  return lambda name, value, *_: check_int(name, value, minimum, maximum)
+
+
+def number(
+  low: float | None = None,
+  high: float | None = None,
+  *,
+  open_low: bool = False,
+  below: float | None = None,
+) -> Check:
+  """A finite real number in [low, high] ((low, ...] if `open_low`; < `below` if given)."""
+
+  def check(name, value, *_):
+    if not is_number(value):
+      return f'{name}: must be a finite number, got {value!r}'
+    if low is not None and (value <= low if open_low else value < low):
+      return f'{name}: must be {">" if open_low else ">="} {low}, got {value!r}'
+    if high is not None and value > high:
+      return f'{name}: must be <= {high}, got {value!r}'
+    if below is not None and value >= below:
+      return f'{name}: must be in {"(" if open_low else "["}{low}, {below}), got {value!r}'
+    return None
+
+  return check
+
+
+def boolean() -> Check:
+  """True or False."""
+
+  def check(name, value, *_):
+    if not isinstance(value, bool):
+      return f'{name}: must be True or False, got {value!r}'
+    return None
+
+  return check
+
+
+def string(*, nonempty: bool = False) -> Check:
+  """A string (not empty if `nonempty`)."""
+
+  def check(name, value, *_):
+    if not isinstance(value, str):
+      return f'{name}: must be a string, got {value!r}'
+    if nonempty and not value:
+      return f'{name}: must not be empty'
+    return None
+
+  return check
+
+
+def choice(choices: Iterable[Any] | Callable[[], Iterable[Any]]) -> Check:
+  """One of `choices` (a callable is asked when the check runs: the registries)."""
+  return lambda name, value, *_: check_choice(
+    name, value, choices() if callable(choices) else choices
+  )
+
+
+def tuple_of(length: int | None, each: Callable[[Any], bool], what: str) -> Check:
+  """A tuple of values that each pass `each` (`length` of them unless None)."""
+
+  def check(name, value, *_):
+    ok = isinstance(value, tuple | list) and all(each(v) for v in value)
+    if not ok or (length is not None and len(value) != length):
+      count = f'{length} ' if length is not None else ''
+      return f'{name}: must be a tuple of {count}{what}, got {value!r}'
+    return None
+
+  return check
+
+
+def then(first: Check, *more: Check) -> Check:
+  """`first`, and when it passes, each of `more` (relations that need a valid value)."""
+
+  def check(*args):
+    problems = problem_lines(first(*args))
+    if problems:
+      return problems
+    return [line for c in more for line in problem_lines(c(*args))]
+
+  return check
+
+
+def batch() -> Check:
+  """A global batch: a positive multiple of the run's devices."""
+  return lambda name, value, config, num_devices: divisible_batch(name, value, num_devices)
+
+
+# --- The tools' flags ------------------------------------------------------------------
 
 
 def _run_folder(name: str, value: str | None, required: bool = True) -> str | None:

@@ -24,19 +24,26 @@ import dataclasses
 import functools
 import importlib.util
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 
 from jaxattr.config_validation import (
-  check_choice,
+  Check,
+  batch,
+  boolean,
   check_dir,
-  check_int,
-  divisible_batch,
+  choice,
+  integer,
   is_int,
   is_number,
+  number,
+  problem_lines,
+  string,
+  then,
+  tuple_of,
 )
 
 DTYPES = ('float32', 'bfloat16', 'float16')
@@ -50,12 +57,9 @@ _ABSENT = object()
 
 
 # --- Checks ---------------------------------------------------------------------------
-# A check is called as `check(name, value, config, num_devices)`, with `name` the
-# field's `config.<path>` and `value` present, and returns its problem lines (or one
-# line, or None). A check that reads another field reads it with `_get`: a missing
-# field is reported by its own entry.
-
-Check = Callable[[str, Any, ml_collections.ConfigDict, int | None], Any]
+# The checks of one field (`config_validation.integer`, `choice`, ... and the functions
+# below) are called as `check(name, value, config, num_devices)`. A check that reads
+# another field reads it with `_get`: a missing field is reported by its own entry.
 
 
 def _get(config: ml_collections.ConfigDict, field: str) -> Any:
@@ -67,103 +71,6 @@ def _get(config: ml_collections.ConfigDict, field: str) -> Any:
     except (KeyError, AttributeError, TypeError):
       return _ABSENT
   return node
-
-
-def _lines(result: Any) -> list[str]:
-  if result is None:
-    return []
-  if isinstance(result, str):
-    return [result]
-  return [line for line in result if line]
-
-
-def integer(minimum: int | None = None, maximum: int | None = None) -> Check:
-  """An int (not a bool) in [minimum, maximum]."""
-  return lambda name, value, *_: check_int(name, value, minimum, maximum)
-
-
-def number(
-  low: float | None = None,
-  high: float | None = None,
-  *,
-  open_low: bool = False,
-  below: float | None = None,
-) -> Check:
-  """A finite real number in [low, high] ((low, ...] if `open_low`; < `below` if given)."""
-
-  def check(name, value, *_):
-    if not is_number(value):
-      return f'{name}: must be a finite number, got {value!r}'
-    if low is not None and (value <= low if open_low else value < low):
-      return f'{name}: must be {">" if open_low else ">="} {low}, got {value!r}'
-    if high is not None and value > high:
-      return f'{name}: must be <= {high}, got {value!r}'
-    if below is not None and value >= below:
-      return f'{name}: must be in {"(" if open_low else "["}{low}, {below}), got {value!r}'
-    return None
-
-  return check
-
-
-def boolean() -> Check:
-  """True or False."""
-
-  def check(name, value, *_):
-    if not isinstance(value, bool):
-      return f'{name}: must be True or False, got {value!r}'
-    return None
-
-  return check
-
-
-def string(*, nonempty: bool = False) -> Check:
-  """A string (not empty if `nonempty`)."""
-
-  def check(name, value, *_):
-    if not isinstance(value, str):
-      return f'{name}: must be a string, got {value!r}'
-    if nonempty and not value:
-      return f'{name}: must not be empty'
-    return None
-
-  return check
-
-
-def choice(choices: Iterable[Any] | Callable[[], Iterable[Any]]) -> Check:
-  """One of `choices` (a callable is asked when the check runs: the registries)."""
-  return lambda name, value, *_: check_choice(
-    name, value, choices() if callable(choices) else choices
-  )
-
-
-def numbers(length: int | None, each: Callable[[Any], bool], what: str) -> Check:
-  """A tuple of values that each pass `each` (`length` of them unless None)."""
-
-  def check(name, value, *_):
-    ok = isinstance(value, tuple | list) and all(each(v) for v in value)
-    if not ok or (length is not None and len(value) != length):
-      count = f'{length} ' if length is not None else ''
-      return f'{name}: must be a tuple of {count}{what}, got {value!r}'
-    return None
-
-  return check
-
-
-def then(first: Check, *more: Check) -> Check:
-  """`first`, and when it passes, each of `more` (relations that need a valid value)."""
-
-  def check(*args):
-    problems = _lines(first(*args))
-    if problems:
-      return problems
-    return [line for c in more for line in _lines(c(*args))]
-
-  return check
-
-
-def batch() -> Check:
-  """A global batch: a positive multiple of the run's devices."""
-  return lambda name, value, config, num_devices: divisible_batch(name, value, num_devices)
 
 
 # --- The registries the choices come from ---------------------------------------------
@@ -401,9 +308,9 @@ FIELDS: dict[str, Field] = {
   'data.crop_max': Field(224, then(integer(1), _crops)),
   'data.random_flip': Field(True, boolean()),
   # ImageNet statistics of the torchvision weights.
-  'data.mean': Field((0.485, 0.456, 0.406), numbers(3, is_number, 'numbers')),
+  'data.mean': Field((0.485, 0.456, 0.406), tuple_of(3, is_number, 'numbers')),
   'data.std': Field(
-    (0.229, 0.224, 0.225), numbers(3, lambda v: is_number(v) and v > 0, 'positive numbers')
+    (0.229, 0.224, 0.225), tuple_of(3, lambda v: is_number(v) and v > 0, 'positive numbers')
   ),
   # Unknown labels (-1): 'negative' (the literature) or 'ignore' (masked in the loss).
   # Evaluation always ignores them.
@@ -451,7 +358,7 @@ FIELDS: dict[str, Field] = {
   # C256-C512-C512 (times width).
   'model.attention.classifier_channels': Field(
     (256, 512, 512),
-    numbers(3, lambda v: is_int(v) and v > 0, 'positive integers'),
+    tuple_of(3, lambda v: is_int(v) and v > 0, 'positive integers'),
     _ARCHITECTURE,
   ),
   # --- Loss ---------------------------------------------------------------------------
@@ -500,7 +407,7 @@ FIELDS: dict[str, Field] = {
   # 'step': the epochs at which lr *= factor.
   'schedule.step_epochs': Field(
     (30, 60),
-    then(numbers(None, lambda v: is_number(v) and v >= 0, 'epochs >= 0'), _increasing),
+    then(tuple_of(None, lambda v: is_number(v) and v >= 0, 'epochs >= 0'), _increasing),
   ),
   # 'cosine' (and a linear warm-up for any schedule).
   'schedule.warmup_epochs': Field(0.0, then(number(0), _warmup_within_training)),
@@ -566,7 +473,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     if value is _ABSENT:
       problems.append(f'config.{field}: missing')
     elif spec.check is not None:
-      problems.extend(_lines(spec.check(f'config.{field}', value, config, num_devices)))
+      problems.extend(problem_lines(spec.check(f'config.{field}', value, config, num_devices)))
   return problems
 
 
