@@ -31,9 +31,11 @@ LABEL = _RNG.integers(0, 3, size=(NUM_IMAGES, NUM_ATTRIBUTES)).astype(np.uint8) 
 LABEL[0, EVAL] = 2
 # Five partitions (0-based rows, deliberately unsorted): train / val / test.
 PARTITIONS = [
-  {'train': [p % 14, (p + 3) % 14, (p + 5) % 14, (p + 1) % 14, (p + 8) % 14, (p + 13) % 14],
-   'val': [(p + 2) % 14, (p + 9) % 14, (p + 11) % 14],
-   'test': [(p + 4) % 14, (p + 6) % 14, (p + 7) % 14, (p + 10) % 14, (p + 12) % 14]}
+  {
+    'train': [(p + k) % NUM_IMAGES for k in (0, 3, 5, 1, 8, 13)],
+    'val': [(p + k) % NUM_IMAGES for k in (2, 9, 11)],
+    'test': [(p + k) % NUM_IMAGES for k in (4, 6, 7, 10, 12)],
+  }
   for p in range(5)
 ]
 # A zero-shot split: one array per entry.
@@ -195,8 +197,8 @@ def peta_root(tmp_path_factory):
   return root
 
 
-def _five_partition_rows(p: int) -> dict:
-  part = PARTITIONS[p]
+def _rows_of(part: dict) -> dict:
+  """The builder's splits of one partition of the file."""
   return {
     'train': part['train'],
     'validation': part['val'],
@@ -208,19 +210,13 @@ def _five_partition_rows(p: int) -> dict:
 @pytest.mark.parametrize('partition', [0, 2])
 def test_five_partition_file(peta_root, tmp_path, partition):
   builder = _build(peers.PeersPeta, peta_root, tmp_path, f'part{partition}')
-  _check(builder, 'images', 'png', _five_partition_rows(partition), EVAL, uncertain=0)
+  _check(builder, 'images', 'png', _rows_of(PARTITIONS[partition]), EVAL, uncertain=0)
   assert builder.info.features['labels'].shape == (len(EVAL),)
 
 
 def test_zero_shot_file(peta_root, tmp_path):
   builder = _build(peers.PeersPeta, peta_root, tmp_path, 'zs0')
-  rows = {
-    'train': ZERO_SHOT['train'],
-    'validation': ZERO_SHOT['val'],
-    'trainval': ZERO_SHOT['train'] + ZERO_SHOT['val'],
-    'test': ZERO_SHOT['test'],
-  }
-  _check(builder, 'images', 'png', rows, EVAL, uncertain=0)
+  _check(builder, 'images', 'png', _rows_of(ZERO_SHOT), EVAL, uncertain=0)
   # Another run's file is another split.
   other = _build(peers.PeersPeta, peta_root, tmp_path / 'other', 'zs1')
   assert [e['image_id'].decode() for e in sorted_examples(other, 'test')] == [
@@ -230,9 +226,9 @@ def test_zero_shot_file(peta_root, tmp_path):
 
 def test_every_attribute_and_uncertain_as_unknown(peta_root, tmp_path):
   builder = _build(peers.PeersPeta, peta_root, tmp_path, 'part1_allattr_unknown')
-  _check(builder, 'images', 'png', _five_partition_rows(1), range(NUM_ATTRIBUTES), uncertain=-1)
+  _check(builder, 'images', 'png', _rows_of(PARTITIONS[1]), range(NUM_ATTRIBUTES), uncertain=-1)
   unknown_only = _build(peers.PeersPeta, peta_root, tmp_path / 'u', 'part0_unknown')
-  _check(unknown_only, 'images', 'png', _five_partition_rows(0), EVAL, uncertain=-1)
+  _check(unknown_only, 'images', 'png', _rows_of(PARTITIONS[0]), EVAL, uncertain=-1)
 
 
 def test_zero_shot_file_without_label_idx(tmp_path):
@@ -246,13 +242,7 @@ def test_zero_shot_file_without_label_idx(tmp_path):
     root / 'dataset_zs_run0.pkl',
   )
   builder = _build(peers.PeersRap2, root, tmp_path / 'tfds', 'zs0')
-  rows = {
-    'train': ZERO_SHOT['train'],
-    'validation': ZERO_SHOT['val'],
-    'trainval': ZERO_SHOT['train'] + ZERO_SHOT['val'],
-    'test': ZERO_SHOT['test'],
-  }
-  _check(builder, 'RAP_dataset', 'png', rows, range(NUM_ATTRIBUTES), uncertain=0)
+  _check(builder, 'RAP_dataset', 'png', _rows_of(ZERO_SHOT), range(NUM_ATTRIBUTES), uncertain=0)
 
 
 def test_rap1_file_holds_validation_out_of_trainval(tmp_path):
@@ -286,21 +276,17 @@ def test_pa100k_file(tmp_path):
     protocol=2,  # Also read: a protocol-2 pickle names range and bytes differently.
   )
   builder = _build(peers.PeersPa100k, root, tmp_path / 'tfds', 'part0')
-  rows = {
-    'train': ZERO_SHOT['train'],
-    'validation': ZERO_SHOT['val'],
-    'trainval': ZERO_SHOT['train'] + ZERO_SHOT['val'],
-    'test': ZERO_SHOT['test'],
-  }
-  _check(builder, 'data', 'jpg', rows, EVAL, uncertain=0)
+  _check(builder, 'data', 'jpg', _rows_of(ZERO_SHOT), EVAL, uncertain=0)
 
 
 def test_images_under_images_when_root_names_another_folder(tmp_path):
   """The file's absolute root is never read; its last folder or images/ under the manual dir is."""
   root = tmp_path / 'peta'
   _write_images(root / 'images', 'png')
-  _dump(lambda e: _dataset(e, partition=ZERO_SHOT, root='/elsewhere/PETA/pictures'),
-        root / 'dataset_zs_run0.pkl')
+  _dump(
+    lambda e: _dataset(e, partition=ZERO_SHOT, root='/elsewhere/PETA/pictures'),
+    root / 'dataset_zs_run0.pkl',
+  )
   builder = _build(peers.PeersPeta, root, tmp_path / 'tfds', 'zs0')
   assert sorted_examples(builder, 'test')[0]['image_id'].decode() == 'images/00004.png'
 

@@ -15,8 +15,10 @@ from tests.conftest import sorted_examples
 
 NUM_IMAGES = 12
 ALL_NAMES = [f'attr{i:02d}' for i in range(1, 93)]  # 92 attributes, as in RAP v1.
-NAMES = [f'CAM{i:02d}_2014-02-15_20140215161032-20140215162620_tarid{i}_frame1_line1.png'
-         for i in range(1, NUM_IMAGES + 1)]
+NAMES = [
+  f'CAM{i:02d}_2014-02-15_20140215161032-20140215162620_tarid{i}_frame1_line1.png'
+  for i in range(1, NUM_IMAGES + 1)
+]
 # 1-based rows, in a deliberately unsorted order.
 PARTITIONS = [
   {'trainval': [3, 1, 5, 7, 2, 9, 10, 12, 11], 'test': [4, 6, 8]},

@@ -164,8 +164,9 @@ def _rows(value: Any, path: Path, what: str, num_rows: int) -> np.ndarray:
   """A vector of 0-based rows, checked."""
   array = np.asarray(value)
   if array.ndim != 1 or array.dtype.kind not in 'iuf':
-    raise DataError(f'{path}: {what} should be a vector of row numbers, got {array.dtype} '
-                    f'{array.shape}.')
+    raise DataError(
+      f'{path}: {what} should be a vector of row numbers, got {array.dtype} {array.shape}.'
+    )
   if array.dtype.kind == 'f' and not np.all(np.mod(array, 1) == 0):
     raise DataError(f'{path}: {what} should hold whole row numbers.')
   rows = array.astype(np.int64)
@@ -225,9 +226,7 @@ def load_peers_file(path: Path) -> PeersFile:
   if isinstance(label_idx, dict) and 'eval' in label_idx:
     eval_columns = [int(c) for c in label_idx['eval']]
     if not eval_columns or min(eval_columns) < 0 or max(eval_columns) >= len(attribute_names):
-      raise DataError(
-        f'{path}: label_idx.eval must hold columns 0..{len(attribute_names) - 1}.'
-      )
+      raise DataError(f'{path}: label_idx.eval must hold columns 0..{len(attribute_names) - 1}.')
     if len(set(eval_columns)) != len(eval_columns):
       raise DataError(f'{path}: label_idx.eval names a column twice.')
 

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxattr.data import common, images, manual, matlab
+from jaxattr.data import common, manual, matlab, rap2
 from jaxattr.data.common import DataError
 
 HOMEPAGE = 'http://www.rapdataset.com/'
@@ -40,7 +40,7 @@ SOURCE = f'RAP (Richly Annotated Pedestrian) v1, {HOMEPAGE}'
 NUM_PARTITIONS = 5
 NUM_EVALUATED = 51
 ANNOTATION = 'RAP_annotation/RAP_annotation.mat'
-IMAGE_DIR = 'RAP_dataset'
+IMAGE_DIR = rap2.IMAGE_DIR  # 'RAP_dataset', as in RAP v2's release.
 # An image is held out for validation when the first 8 bytes of SHA-256(name),
 # read as a big-endian integer, are 0 modulo this number.
 HOLDOUT_MODULUS = 6
@@ -132,7 +132,10 @@ def read_rap1_mat(path: Path) -> Rap1Annotation:
       f'the first {NUM_EVALUATED}.'
     )
   data = matlab.mat_matrix(
-    matlab.mat_field(rap, 'label', path), path, 'RAP_annotation.label', (len(names), len(attributes))
+    matlab.mat_field(rap, 'label', path),
+    path,
+    'RAP_annotation.label',
+    (len(names), len(attributes)),
   )
   labels = data[:, :NUM_EVALUATED]
   matlab.check_values(labels, (0, 1, _UNCERTAIN), path, 'RAP_annotation.label (first 51 columns)')
@@ -250,23 +253,6 @@ class Rap1(manual.ManualDirBuilder):
       for split, split_rows in rows.items()
     }
 
-  def _generate_examples(
-    self, root: Path, split: str, annotation: Rap1Annotation, rows: np.ndarray
-  ):
-    index = 0
-    for row in rows:
-      image_id = f'{IMAGE_DIR}/{annotation.image_names[row]}'
-      loaded = self._read_image(split, root / image_id, image_id)
-      if loaded is None:
-        continue
-      yield (
-        index,
-        {
-          'image': images.stored_bytes(*loaded, 'png'),
-          'labels': annotation.labels[row],
-          'index': index,
-          'image_id': image_id,
-        },
-      )
-      index += 1
-    self._report_bad_images(split, index)
+  # RAP v1 keeps its images as RAP v2 does (`RAP_dataset/<name>`, PNG) and its
+  # annotation has the fields that method reads (`image_names`, `labels`).
+  _generate_examples = rap2.Rap2._generate_examples
