@@ -412,3 +412,32 @@ def test_trains_end_to_end_on_a_zero_shot_file(peta_root, tmp_path):
 
   results = json.loads((workdir / 'results.json').read_text())
   assert results  # The test split was evaluated with the selected checkpoint.
+
+
+@pytest.mark.parametrize(
+  'name, builder, config',
+  [
+    ('peta', 'peers_peta', 'part0'),
+    ('petazs', 'peers_peta', 'zs0'),
+    ('pa100k', 'peers_pa100k', 'part0'),
+    ('rap1', 'peers_rap1', 'part0'),
+    ('rap2', 'peers_rap2', 'part0'),
+    ('rapzs', 'peers_rap2', 'zs0'),
+  ],
+)
+def test_configs_name_their_builder(name, builder, config):
+  from jaxattr.config_validation import dataset_builders
+  from jaxattr.configs import peers as peers_config
+
+  got = peers_config.get_config(f'{name},resnet50')
+  assert (got.data.name, got.data.builder_config) == (builder, config)
+  assert got.model.backbone == 'resnet50'
+  assert config in [c.name for c in dataset_builders()[builder].BUILDER_CONFIGS]
+
+
+def test_config_needs_one_dataset_name():
+  from jaxattr.configs import peers as peers_config
+
+  for arg in (None, 'resnet50', 'peta,rap2'):
+    with pytest.raises(ValueError, match="one of \\['pa100k', 'peta', 'petazs'"):
+      peers_config.get_config(arg)
