@@ -42,8 +42,10 @@ of root>` (`images/` for PETA, `data/` for PA-100K, `RAP_dataset/` for RAP), or
 `<manual_dir>/images/`; `image_id` is `<that folder>/<image_name>`.
 """
 
+import builtins
 import codecs
 import dataclasses
+import importlib
 import pickle
 from collections.abc import Sequence
 from pathlib import Path, PurePath
@@ -94,8 +96,6 @@ def _latin1_encode(text: str, encoding: str = 'latin1') -> bytes:
 
 def _numpy_core(module: str) -> Any:
   """numpy's private `_core` (numpy 2) or `core` (numpy 1) submodule `module`."""
-  import importlib
-
   try:
     return importlib.import_module(f'numpy._core.{module}')
   except ImportError:
@@ -118,7 +118,7 @@ def _admitted() -> dict[tuple[str, str], Any]:
     admitted[(f'{core}.multiarray', 'scalar')] = multiarray.scalar
     admitted[(f'{core}.numeric', '_frombuffer')] = numeric._frombuffer
   for name in ('list', 'dict', 'tuple', 'set', 'frozenset'):
-    admitted[('builtins', name)] = getattr(__import__('builtins'), name)
+    admitted[('builtins', name)] = getattr(builtins, name)
     admitted[('__builtin__', name)] = admitted[('builtins', name)]
   return admitted
 
@@ -241,11 +241,10 @@ def load_peers_file(path: Path) -> PeersFile:
     partitions[split] = [
       _rows(p, path, f'partition.{split}[{i}]', len(image_names)) for i, p in enumerate(parts)
     ]
-  counts = {len(v) for v in partitions.values()}
-  if len(counts) != 1:
+  counts = {split: len(parts) for split, parts in partitions.items()}
+  if len(set(counts.values())) != 1:
     raise DataError(
-      f'{path}: the partition entries hold different numbers of partitions '
-      f'({ {k: len(v) for k, v in partitions.items()} }).'
+      f'{path}: the partition entries hold different numbers of partitions ({counts}).'
     )
   if not ('trainval' in partitions or {'train', 'val'} <= partitions.keys()):
     raise DataError(f'{path}: partition has neither trainval nor train and val.')
