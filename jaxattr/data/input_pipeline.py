@@ -54,6 +54,7 @@ from absl import logging
 
 # The builder modules register their datasets with TFDS when imported.
 from jaxattr.data import common, custom, manual, pa100k, peta, rap2, synthetic, wider  # noqa: F401
+from jaxattr.data import peers, rap1  # noqa: F401
 
 BAD_IMAGE_MODES = ('fail', 'skip')
 

@@ -1,0 +1,258 @@
+"""RAP v1 (Li et al., 2016) from the user's manual download.
+
+`<root>/RAP_dataset/<image names>` and `<root>/RAP_annotation/RAP_annotation.mat`
+with the struct `RAP_annotation` of the v1 release: `imagesname` (41,585 x 1
+cell), `label` (41,585 x 92; 0 / 1, and 2 = uncertain), `attribute_eng` (92 x 1
+cell of names; `attribute_chinese` beside it), `attribute_exp` (short names of
+the first 51), `position` (boxes) and `partion` (sic: 5 x 1 cell of structs,
+each with the 1-based rows of its `train` (the release's ReadMe name; `trainval`
+is accepted too) and `test` sets). The evaluated attributes are the first 51
+columns, in the file's order, named by `attribute_eng`; labels 1 / 0 and
+2 -> -1 (unknown), as for RAP v2.
+
+RAP v1 has no validation split. Model selection needs one, so the trainval rows
+of a partition are divided by `holdout_validation`: an image goes to
+`validation` if a hash of its name says so (about 1/6 of them, the peers' PETA
+ratio of validation to train + validation), otherwise to `train`. The division
+depends on nothing but the image names: it is the same for every run, every
+partition and every machine. Splits: `train`, `validation`, `trainval` (train +
+validation, in the file's order: the peers train on it) and `test`.
+
+Builder configs `partition0` ... `partition4` (default `partition0`). `index`
+follows the partition's order; `image_id` is `RAP_dataset/<name>`; images are
+stored as PNG, the format of the release.
+"""
+
+import dataclasses
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jaxattr.data import common, manual, matlab, rap2
+from jaxattr.data.common import DataError
+
+HOMEPAGE = 'http://www.rapdataset.com/'
+SOURCE = f'RAP (Richly Annotated Pedestrian) v1, {HOMEPAGE}'
+NUM_PARTITIONS = 5
+NUM_EVALUATED = 51
+ANNOTATION = 'RAP_annotation/RAP_annotation.mat'
+IMAGE_DIR = rap2.IMAGE_DIR  # 'RAP_dataset', as in RAP v2's release.
+# An image is held out for validation when the first 8 bytes of SHA-256(name),
+# read as a big-endian integer, are 0 modulo this number.
+HOLDOUT_MODULUS = 6
+# Names of the trainval field of a partition struct: the v1 ReadMe says `train`.
+_TRAINVAL_FIELDS = ('train', 'trainval')
+_UNCERTAIN = 2
+
+_LAYOUT = """\
+<manual_dir>/RAP_dataset/<image names from RAP_annotation.imagesname>
+<manual_dir>/RAP_annotation/RAP_annotation.mat
+    (RAP v1 struct RAP_annotation: imagesname, label, attribute_eng, partion, ...)"""
+
+
+def holdout_validation(
+  rows: np.ndarray, image_names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+  """Divides trainval rows into train and validation rows, by image name alone.
+
+  Args:
+    rows: the trainval rows (0-based), in the partition's order.
+    image_names: row -> image file name.
+
+  Returns:
+    (train rows, validation rows), each in the order of `rows`.
+  """
+  held = np.array(
+    [
+      int.from_bytes(hashlib.sha256(image_names[r].encode()).digest()[:8], 'big')
+      % HOLDOUT_MODULUS
+      == 0
+      for r in rows
+    ],
+    dtype=bool,
+  )
+  rows = np.asarray(rows, np.int64)
+  return rows[~held], rows[held]
+
+
+class Rap1Annotation(NamedTuple):
+  """The contents of RAP v1's RAP_annotation.mat that the builder uses."""
+
+  attribute_names: list[str]  # The 51 evaluated attributes, in the file's order.
+  image_names: list[str]  # Row -> file name under RAP_dataset/.
+  labels: np.ndarray  # int8 [rows, 51]: 1 / 0 / -1 (uncertain).
+  # Partitions: 'trainval' / 'test' -> 0-based rows.
+  partitions: list[dict[str, np.ndarray]]
+
+
+def _partition_rows(struct: Any, p: int, path: Path, num_rows: int) -> dict[str, np.ndarray]:
+  """The 0-based trainval and test rows of partition `p` (a struct of `partion`)."""
+  record = matlab.mat_unwrap(struct)
+  fields = getattr(getattr(record, 'dtype', None), 'names', None) or ()
+  trainval_field = next((f for f in _TRAINVAL_FIELDS if f in fields), _TRAINVAL_FIELDS[0])
+  partition = {}
+  for split, field in (('trainval', trainval_field), ('test', 'test')):
+    what = f'RAP_annotation.partion{{{p + 1}}}.{field}'
+    rows = matlab.mat_ints(matlab.mat_field(struct, field, path), path, what)
+    if rows.size == 0 or rows.min() < 1 or rows.max() > num_rows:
+      raise DataError(f'{path}: {what} must hold 1-based rows 1..{num_rows}.')
+    partition[split] = rows - 1
+  return partition
+
+
+def read_rap1_mat(path: Path) -> Rap1Annotation:
+  """Reads RAP v1's RAP_annotation.mat.
+
+  Args:
+    path: the RAP_annotation.mat file.
+
+  Returns:
+    A `Rap1Annotation`; partition rows converted to 0-based.
+
+  Raises:
+    DataError: naming the file and the field if anything is malformed.
+  """
+  contents = matlab.load_mat(path)
+  if 'RAP_annotation' not in contents:
+    raise DataError(f'{path}: no variable "RAP_annotation" (variables: {sorted(contents)}).')
+  rap = contents['RAP_annotation']
+  names = matlab.mat_strings(
+    matlab.mat_field(rap, 'imagesname', path), path, 'RAP_annotation.imagesname'
+  )
+  attributes = matlab.mat_strings(
+    matlab.mat_field(rap, 'attribute_eng', path), path, 'RAP_annotation.attribute_eng'
+  )
+  if len(attributes) < NUM_EVALUATED:
+    raise DataError(
+      f'{path}: RAP_annotation.attribute_eng has {len(attributes)} names; RAP v1 evaluates '
+      f'the first {NUM_EVALUATED}.'
+    )
+  data = matlab.mat_matrix(
+    matlab.mat_field(rap, 'label', path),
+    path,
+    'RAP_annotation.label',
+    (len(names), len(attributes)),
+  )
+  labels = data[:, :NUM_EVALUATED]
+  matlab.check_values(labels, (0, 1, _UNCERTAIN), path, 'RAP_annotation.label (first 51 columns)')
+  labels = np.where(labels == _UNCERTAIN, -1, labels).astype(np.int8)
+
+  cell = matlab.mat_field(rap, 'partion', path)
+  if not isinstance(cell, np.ndarray) or cell.dtype != object:
+    raise DataError(f'{path}: RAP_annotation.partion should be a cell of structs.')
+  partitions = [
+    _partition_rows(struct, p, path, len(names))
+    for p, struct in enumerate(cell.reshape(-1, order='F'))
+  ]
+  return Rap1Annotation(attributes[:NUM_EVALUATED], names, labels, partitions)
+
+
+@dataclasses.dataclass(eq=False)
+class Rap1Config(tfds.core.BuilderConfig):
+  """Which of the five official partitions.
+
+  Attributes:
+    partition: 0..4.
+  """
+
+  partition: int = 0
+
+
+class Rap1(manual.ManualDirBuilder):
+  """RAP v1, the 51 evaluated attributes, one of five partitions."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {
+    '1.0.0': 'Partitions 0-4, 51 attributes, 2 -> unknown, validation held out of trainval.'
+  }
+  BUILDER_CONFIGS = [
+    Rap1Config(name=f'partition{p}', description=f'Official partition {p}.', partition=p)
+    for p in range(NUM_PARTITIONS)
+  ]
+  DEFAULT_BUILDER_CONFIG_NAME = 'partition0'
+  DISPLAY_NAME = 'RAP v1'
+  SOURCE = SOURCE
+  LAYOUT = _LAYOUT
+  NAMES_FROM_DATA = True
+
+  def __init__(self, **kwargs: Any):
+    """Creates the builder; see `ManualDirBuilder` for the arguments."""
+    self._annotation: tuple[Path, Rap1Annotation] | None = None
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return common.make_info(
+      self,
+      self._attribute_names(),
+      description=__doc__,
+      homepage=HOMEPAGE,
+      citation=(
+        '@article{li2016richly, title={A Richly Annotated Dataset for Pedestrian Attribute '
+        'Recognition}, author={Li, Dangwei and Zhang, Zhang and Chen, Xiaotang and Ling, '
+        'Haibin and Huang, Kaiqi}, journal={arXiv preprint arXiv:1603.07054}, year={2016}}'
+      ),
+      encoding_format='png',
+    )
+
+  def _load(self, root: Path) -> Rap1Annotation:
+    """The parsed annotation under `root` (parsed once per builder)."""
+    mat_path = root / ANNOTATION
+    if self._annotation is None or self._annotation[0] != mat_path:
+      missing = []
+      if not root.is_dir() or not any(root.iterdir()):
+        missing.append(f'{root} (the folder does not exist or is empty)')
+      else:
+        if not mat_path.is_file():
+          missing.append(f'{mat_path} (annotation file)')
+        if not (root / IMAGE_DIR).is_dir():
+          missing.append(f'{root / IMAGE_DIR} (folder of images)')
+      if missing:
+        raise self._error(root, missing)
+      self._annotation = (mat_path, read_rap1_mat(mat_path))
+    return self._annotation[1]
+
+  def _read_attribute_names(self, root: Path) -> list[str]:
+    return self._load(root).attribute_names
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
+    root = self._manual_root(dl_manager)
+    annotation = self._load(root)
+    if annotation.attribute_names != self._attribute_names():
+      raise DataError(
+        f'{root / ANNOTATION}: attributes {annotation.attribute_names} differ from the ones '
+        f'this builder was set up with ({self._attribute_names()}).'
+      )
+    partition = self.builder_config.partition
+    if partition >= len(annotation.partitions):
+      raise DataError(
+        f'{root / ANNOTATION}: has {len(annotation.partitions)} partitions, not {partition + 1}.'
+      )
+    trainval = annotation.partitions[partition]['trainval']
+    train, validation = holdout_validation(trainval, annotation.image_names)
+    if not (train.size and validation.size):
+      raise DataError(
+        f'{root / ANNOTATION}: partition {partition} has {trainval.size} trainval rows, too '
+        'few to hold a validation split out of them.'
+      )
+    rows = {
+      'train': train,
+      'validation': validation,
+      'trainval': trainval,
+      'test': annotation.partitions[partition]['test'],
+    }
+    self._require_images(
+      root,
+      [root / IMAGE_DIR / annotation.image_names[r] for split in rows.values() for r in split],
+    )
+    return {
+      split: self._generate_examples(root, split, annotation, split_rows)
+      for split, split_rows in rows.items()
+    }
+
+  # RAP v1 keeps its images as RAP v2 does (`RAP_dataset/<name>`, PNG) and its
+  # annotation has the fields that method reads (`image_names`, `labels`).
+  _generate_examples = rap2.Rap2._generate_examples
