@@ -426,8 +426,10 @@ def test_trains_end_to_end_on_a_zero_shot_file(peta_root, tmp_path):
   ],
 )
 def test_configs_name_their_builder(name, builder, config):
-  from jaxattr.config_validation import dataset_builders
-  from jaxattr.configs import peers as peers_config
+  from jaxattr.schema import dataset_builders
+  from jaxattr import schema
+
+  peers_config = schema.load_recipe('peers')
 
   got = peers_config.get_config(f'{name},resnet50')
   assert (got.data.name, got.data.builder_config) == (builder, config)
@@ -436,7 +438,9 @@ def test_configs_name_their_builder(name, builder, config):
 
 
 def test_config_needs_one_dataset_name():
-  from jaxattr.configs import peers as peers_config
+  from jaxattr import schema
+
+  peers_config = schema.load_recipe('peers')
 
   for arg in (None, 'resnet50', 'peta,rap2'):
     with pytest.raises(ValueError, match="one of \\['pa100k', 'peta', 'petazs'"):
