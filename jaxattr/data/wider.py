@@ -25,23 +25,8 @@ from absl import logging
 from jaxattr.data import common, manual
 from jaxattr.data.common import DataError
 from jaxattr.data.images import encode_image, to_rgb
+from jaxattr.data.wider_names import ATTRIBUTE_NAMES
 
-ATTRIBUTE_NAMES = (
-  'Male',
-  'longHair',
-  'sunglass',
-  'Hat',
-  'Tshirt',
-  'longSleeve',
-  'formal',
-  'shorts',
-  'jeans',
-  'longPants',
-  'skirt',
-  'faceMask',
-  'logo',
-  'stripe',
-)
 # The official attribute_id_map misspells one name; we keep the canonical one.
 _OFFICIAL_SPELLING = {'Tshiirt': 'Tshirt'}
 # Official 1 / -1 / 0 -> canonical 1 / 0 / -1.
