@@ -19,9 +19,9 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -31,6 +31,8 @@ from tensorflow_datasets.core import constants
 
 from jaxattr.data import common, images
 from jaxattr.data.common import DataError
+
+T = TypeVar('T')
 
 # How many missing files an error message lists before it summarises the rest.
 MAX_LISTED = 20
@@ -224,6 +226,28 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     missing += [f'{path} ({what})' for path, what in folders.items() if not path.is_dir()]
     if missing:
       raise self._error(root, missing)
+
+  def _read_annotation(
+    self, root: Path, file_name: str, image_folder: str, holds: str, read: Callable[[Path], T]
+  ) -> tuple[Path, T]:
+    """Reads the annotation file `root/file_name` once the folder's layout is checked.
+
+    Args:
+      root: the user's folder.
+      file_name: the annotation file, relative to `root`.
+      image_folder: the folder of images, relative to `root`.
+      holds: what the image folder holds (named in the error if it is absent).
+      read: the file's reader; its result has the `attribute_names` the file states,
+        checked against the builder's (`_check_names`).
+
+    Returns:
+      `(path of the annotation file, what read returned)`.
+    """
+    path = root / file_name
+    self._require_layout(root, {path: 'annotation file'}, {root / image_folder: holds})
+    annotation = read(path)
+    self._check_names(path, annotation.attribute_names)
+    return path, annotation
 
   def _require_images(self, root: Path, paths: Iterable[Path]) -> None:
     """One error listing every missing image (unless bad images are skipped).

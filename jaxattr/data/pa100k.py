@@ -121,14 +121,9 @@ class Pa100k(manual.ManualDirBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
     root = self._manual_root(dl_manager)
-    mat_path = root / 'annotation.mat'
-    self._require_layout(
-      root,
-      files={mat_path: 'annotation file'},
-      folders={root / 'data': 'folder of 000001.jpg ... 100000.jpg'},
+    _, annotation = self._read_annotation(
+      root, 'annotation.mat', 'data', 'folder of 000001.jpg ... 100000.jpg', read_pa100k_mat
     )
-    annotation = read_pa100k_mat(mat_path)
-    self._check_names(mat_path, annotation.attribute_names)
     self._require_images(
       root, [root / 'data' / n for s in annotation.splits.values() for n in s.image_names]
     )

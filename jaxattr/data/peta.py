@@ -289,14 +289,10 @@ class Peta(manual.ManualDirBuilder):
     return {split: self._generate_examples(split, rows) for split, rows in examples.items()}
 
   def _mat_examples(self, root: Path) -> dict[str, list[tuple[Path, str, np.ndarray]]]:
-    mat_path = root / 'PETA.mat'
-    self._require_layout(
-      root,
-      files={mat_path: 'annotation file'},
-      folders={root / 'images': 'folder of 00001.png ... 19000.png'},
+    # The names checked are the 35 of the PETA protocol.
+    mat_path, peta = self._read_annotation(
+      root, 'PETA.mat', 'images', 'folder of 00001.png ... 19000.png', read_peta_mat
     )
-    peta = read_peta_mat(mat_path)
-    self._check_names(mat_path, peta.attribute_names)  # The 35 of the PETA protocol.
     partition = self.builder_config.partition
     if partition >= len(peta.partitions):
       raise DataError(f'{mat_path}: has {len(peta.partitions)} partitions, not {partition + 1}.')
