@@ -229,4 +229,4 @@ class CustomAttributes(manual.ManualDirBuilder):
 
   def _generate_examples(self, root: Path, split: str, rows: list[CustomRow]):
     examples = ((root / row.image, row.image, row.labels) for row in rows)
-    return self._stored_examples(split, examples, 'jpeg')
+    return self._stored_examples(split, examples)

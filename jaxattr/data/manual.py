@@ -171,6 +171,7 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       )
 
   def _info(self) -> tfds.core.DatasetInfo:
+    """The canonical features and the names; the builder module's docstring describes it."""
     return common.make_info(
       self,
       self._expected_names(),
@@ -274,17 +275,17 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       return None
 
   def _stored_examples(
-    self, split: str, rows: Iterable[tuple[Path, str, np.ndarray]], encoding: str
+    self, split: str, rows: Iterable[tuple[Path, str, np.ndarray]]
   ) -> Iterator[tuple[int, dict[str, Any]]]:
     """A split's canonical examples, one per image, keyed by their `index`.
 
-    A bad image stops the build, or is skipped (`skip_bad_images`) and the index
-    stays contiguous; the skipped ones are reported at the end of the split.
+    Images are stored as `ENCODING`. A bad image stops the build, or is skipped
+    (`skip_bad_images`) and the index stays contiguous; the skipped ones are
+    reported at the end of the split.
 
     Args:
       split: the split's name.
       rows: (image path, image_id, labels) per example, in the split's order.
-      encoding: how images are stored ('jpeg' or 'png', `images.stored_bytes`).
 
     Yields:
       `(index, example)` for TFDS.
@@ -294,7 +295,8 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       loaded = self._read_image(split, path, image_id)
       if loaded is None:
         continue
-      yield index, common.example(images.stored_bytes(*loaded, encoding), labels, index, image_id)
+      image = images.stored_bytes(*loaded, self.ENCODING)
+      yield index, common.example(image, labels, index, image_id)
       index += 1
     self._report_bad_images(split, index)
 

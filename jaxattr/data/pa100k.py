@@ -136,4 +136,4 @@ class Pa100k(manual.ManualDirBuilder):
       (root / 'data' / name, f'data/{name}', labels)
       for name, labels in zip(data.image_names, data.labels, strict=True)
     )
-    return self._stored_examples(split, rows, 'jpeg')
+    return self._stored_examples(split, rows)

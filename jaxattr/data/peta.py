@@ -349,4 +349,4 @@ class Peta(manual.ManualDirBuilder):
     return examples
 
   def _generate_examples(self, split: str, rows: list[tuple[Path, str, np.ndarray]]):
-    return self._stored_examples(split, rows, 'png')
+    return self._stored_examples(split, rows)

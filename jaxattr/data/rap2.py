@@ -190,4 +190,4 @@ class Rap2(manual.ManualDirBuilder):
       (root / image_id, image_id, annotation.labels[row])
       for image_id, row in zip(image_ids, rows, strict=True)
     )
-    return self._stored_examples(split, examples, 'png')
+    return self._stored_examples(split, examples)
