@@ -15,7 +15,6 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxattr.data import manual, matlab
-from jaxattr.data.common import DataError
 
 # The 26 attributes of annotation.mat, in its order.
 ATTRIBUTE_NAMES = (
