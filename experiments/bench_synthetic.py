@@ -17,7 +17,8 @@ import numpy as np
 from absl import app, flags, logging
 from PIL import Image, ImageDraw
 
-from jaxattr.data import painter, synthetic
+from jaxattr.data import pedestrians, synthetic
+from jaxattr.data.canvas import example_rngs
 
 _NUM_IMAGES = flags.DEFINE_integer('num_images', 2000, 'Images drawn per throughput run.')
 _PREPARE = flags.DEFINE_string(
@@ -30,7 +31,7 @@ _GRID_START = flags.DEFINE_integer('grid_start', 0, 'First train index of the gr
 
 def _throughput(num: int) -> float:
   start = time.perf_counter()
-  count = sum(1 for _ in painter.generate_range('train', num, 0))
+  count = sum(1 for _ in pedestrians.generate_range('train', num, 0))
   return count / (time.perf_counter() - start)
 
 
@@ -41,7 +42,7 @@ def _grid(path: str, n: int, start: int, cell: int = 128) -> None:
   canvas = Image.new('RGB', (cols * (cell + 4), rows * (cell + 16)), (255, 255, 255))
   for k in range(n):
     index = start + k
-    drawing = painter.draw_example(painter.example_rngs('train', index, seed=0)[0])
+    drawing = pedestrians.draw_example(example_rngs('train', index, seed=0)[0])
     img = Image.fromarray(drawing.image).resize((cell, cell), Image.BILINEAR)
     draw = ImageDraw.Draw(img)
     for box, present in zip(drawing.cue_boxes, drawing.labels, strict=True):
@@ -52,7 +53,7 @@ def _grid(path: str, n: int, start: int, cell: int = 128) -> None:
       draw.rectangle((x0, y0, x1, y1), outline=(255, 0, 0))
     x, y = (k % cols) * (cell + 4), (k // cols) * (cell + 16)
     canvas.paste(img, (x, y))
-    names = [painter.ATTRIBUTES[i][:4] for i in np.flatnonzero(drawing.labels)]
+    names = [pedestrians.ATTRIBUTES[i][:4] for i in np.flatnonzero(drawing.labels)]
     ImageDraw.Draw(canvas).text((x, y + cell), ' '.join(names)[:24], fill=(0, 0, 0))
   canvas.save(path)
   logging.info('Wrote %s', path)

@@ -205,16 +205,14 @@ def time_in_blocks(benches: dict[str, dict], steps: int, block: int) -> None:
   Each variant runs `block` consecutive timed steps, after one untimed step, before
   the next variant takes over; the rounds repeat until `steps` steps are timed.
   Consecutive steps are what training runs. The untimed step after each switch
-  matters on CPU: the first full-method step after primary-only steps costs about
-  0.35 s more (ResNet-50, batch 8). getrusage shows the same ~360k minor page faults
-  as the steps that follow but twice their system CPU time (1.2-1.5 s against
-  0.5-0.6 s): the kernel's cost of re-faulting XLA's buffers after the other
-  program's. Timing that step would charge an artefact of the benchmark, not of
-  training, to whichever variant follows. Alternating blocks still spreads the
-  load of other processes on a shared machine over the variants. Adds `train_steps`,
-  `eval_steps` (seconds of every timed step), the medians `train_s`, `eval_s`, and
-  the process's minor page faults and system CPU seconds per timed step
-  (`train_faults`, `train_sys_s`, `eval_faults`, `eval_sys_s`) to each bench.
+  matters on CPU: the first step after the other variant's re-faults XLA's buffers
+  (about 0.35 s more at ResNet-50, batch 8), an artefact of the benchmark, not of
+  training, that would be charged to whichever variant follows. Alternating blocks
+  still spreads the load of other processes on a shared machine over the variants.
+  Adds `train_steps`, `eval_steps` (seconds of every timed step), the medians
+  `train_s`, `eval_s`, and the process's minor page faults and system CPU seconds
+  per timed step (`train_faults`, `train_sys_s`, `eval_faults`, `eval_sys_s`) to
+  each bench.
   """
   for kind in ('train', 'eval'):
     for b in benches.values():

@@ -5,13 +5,10 @@ r"""Table 2 (right) on the synthetic data at a budget meant to converge: rows 3,
   python -m experiments.summarize --sweep=experiments/synthetic_converged.py \
       --workdir=runs/table2_24ep --out=experiments/results/synthetic_table2_24ep.md
 
-The rows of `wider_table2.ROWS` that issue 15 asks for (+L_w, +attention,
-+multi-scale, all), with `sweeps.SEEDS`, on the demo's recipe (configs/demo.py) at
-24 epochs instead of the quick sweep's 6. Budget and data (version 1.1.0) were
-fixed from measurements of the demo alone, before any run of this sweep: the
-10-epoch demo still gained 0.1-1.2 validation mAP per epoch over its last four
-epochs. Measured: 8-13 min per run on two idle CPU cores (row 7: 13.3 min), about
-2 h for the 12 runs.
+The rows of `wider_table2.ROWS` that add one part of the method each (+L_w,
++attention, +multi-scale, all), with `sweeps.SEEDS`, on the demo's recipe
+(configs/demo.py) at 24 epochs instead of the quick sweep's 6: the 10-epoch demo
+still gains 0.1-1.2 validation mAP per epoch over its last four epochs.
 """
 
 import ml_collections

@@ -17,7 +17,7 @@ import optax
 
 from experiments import localisation
 from jaxattr import losses
-from jaxattr.data import painter
+from jaxattr.data import cues
 from jaxattr.models import attention
 
 
@@ -52,9 +52,9 @@ def test_param_groups():
 
 def test_cues_examples():
   size = 64
-  drawings = [painter.draw_cues_example(np.random.default_rng([3, i]), size) for i in range(400)]
+  drawings = [cues.draw_cues_example(np.random.default_rng([3, i]), size) for i in range(400)]
   labels = np.stack([d.labels for d in drawings])
-  ratios = np.array([p for _, p in painter.CUE_ATTRIBUTES])
+  ratios = np.array([p for _, p in cues.CUE_ATTRIBUTES])
   # Imbalanced positive ratios, as configured (binomial noise of 400 draws).
   assert np.all(np.abs(labels.mean(axis=0) - ratios) < 4 * np.sqrt(ratios * (1 - ratios) / 400))
   for d in drawings:
@@ -63,20 +63,20 @@ def test_cues_examples():
     np.testing.assert_array_equal(has_box, d.labels == 1)
     for c in np.flatnonzero(d.labels):
       y0, x0, y1, x1 = d.cue_boxes[c]
-      side = painter.CUE_SIZE
+      side = cues.CUE_SIZE
       # A small square cue: 0.6-1 % of the image.
       assert side[0] - 1e-6 <= y1 - y0 <= side[1] + 1e-6
       assert abs((y1 - y0) - (x1 - x0)) < 1e-6
       # Its colour is the attribute's (the pixel at the centre, within the jitter).
-      colour = painter.CUE_COLOURS[painter.CUE_NAMES[c].split('_')[0]]
+      colour = cues.CUE_COLOURS[cues.CUE_NAMES[c].split('_')[0]]
       centre = d.image[int((y0 + y1) / 2 * size), int((x0 + x1) / 2 * size)].astype(int)
-      assert np.all(np.abs(centre - colour) <= painter.CUE_COLOUR_JITTER + 1)
+      assert np.all(np.abs(centre - colour) <= cues.CUE_COLOUR_JITTER + 1)
     # Distractors never share both colour and shape with an attribute.
     assert len(d.distractor_boxes) >= 1
   # Every distractor kind shares its colour with one attribute and its shape with another.
-  names = set(painter.CUE_NAMES)
-  for colour in painter.CUE_COLOURS:
-    for shape in painter.CUE_SHAPES:
+  names = set(cues.CUE_NAMES)
+  for colour in cues.CUE_COLOURS:
+    for shape in cues.CUE_SHAPES:
       if f'{colour}_{shape}' in names:
         continue
       assert any(n.startswith(colour + '_') for n in names)
@@ -84,11 +84,11 @@ def test_cues_examples():
 
 
 def test_generate_cues_is_pure():
-  a = painter.generate_cues('train', 5, seed=1, size=64)
-  b = painter.generate_cues('train', 5, seed=1, size=64)
+  a = cues.generate_cues('train', 5, seed=1, size=64)
+  b = cues.generate_cues('train', 5, seed=1, size=64)
   assert a['image'] == b['image']
   np.testing.assert_array_equal(a['labels'], b['labels'])
-  assert painter.generate_cues('train', 6, seed=1, size=64)['image'] != a['image']
+  assert cues.generate_cues('train', 6, seed=1, size=64)['image'] != a['image']
 
 
 # The mechanism on a stage-3-sized grid: feature maps [N, 7, 7, 6] in which attribute c

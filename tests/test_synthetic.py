@@ -1,4 +1,4 @@
-"""Tests of the synthetic pedestrian dataset (jaxattr/data/painter.py, synthetic.py)."""
+"""Tests of the synthetic pedestrian dataset (jaxattr/data/pedestrians.py, synthetic.py)."""
 
 import hashlib
 import io
@@ -10,34 +10,20 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from jaxattr.data import common, painter, synthetic, wider
+from jaxattr.data import canvas, common, pedestrians, synthetic, wider, wider_names
 
-# Copied from the WIDER-Attribute paper's attribute list and its train statistics,
-# not read from the module under test.
-WIDER_NAMES = [
-  'Male',
-  'longHair',
-  'sunglass',
-  'Hat',
-  'Tshirt',
-  'longSleeve',
-  'formal',
-  'shorts',
-  'jeans',
-  'longPants',
-  'skirt',
-  'faceMask',
-  'logo',
-  'stripe',
-]
+# The names are WIDER's one definition (tests/test_wider.py pins it against the
+# dataset's documented order); the ratios are copied from the WIDER-Attribute
+# paper's train statistics, not read from the module under test.
+WIDER_NAMES = list(wider_names.ATTRIBUTE_NAMES)
 WIDER_RATIOS = np.array(
   [0.563, 0.224, 0.051, 0.228, 0.218, 0.468, 0.074, 0.147, 0.085, 0.364, 0.102, 0.034, 0.266, 0.053]
 )
 IDX = {name: i for i, name in enumerate(WIDER_NAMES)}
 
 
-def _drawings(n: int, seed: int = 11) -> list[painter.Drawing]:
-  return [painter.draw_example(np.random.default_rng([seed, i])) for i in range(n)]
+def _drawings(n: int, seed: int = 11) -> list[pedestrians.Drawing]:
+  return [pedestrians.draw_example(np.random.default_rng([seed, i])) for i in range(n)]
 
 
 @pytest.fixture(scope='module')
@@ -48,12 +34,12 @@ def drawings():
 @pytest.fixture(scope='module')
 def sampled_labels():
   rng = np.random.default_rng(1234)
-  return np.stack([painter.sample_labels(rng) for _ in range(5000)])
+  return np.stack([pedestrians.sample_labels(rng) for _ in range(5000)])
 
 
 def test_attribute_names_and_targets():
-  assert list(painter.ATTRIBUTES) == WIDER_NAMES == list(wider.ATTRIBUTE_NAMES)
-  np.testing.assert_allclose(painter.POSITIVE_RATIOS, WIDER_RATIOS)
+  assert list(pedestrians.ATTRIBUTES) == WIDER_NAMES == list(wider.ATTRIBUTE_NAMES)
+  np.testing.assert_allclose(pedestrians.POSITIVE_RATIOS, WIDER_RATIOS)
 
 
 def test_label_ratios_within_20_percent(sampled_labels):
@@ -143,8 +129,8 @@ def test_cue_is_drawn_inside_its_box(monkeypatch, name):
   # Head cues are painted last (sunglasses, then mask, then hat); with the later
   # head cues, distractors and occluders off, the random stream after the cue
   # only feeds nothing visible, so any pixel change is the cue itself.
-  monkeypatch.setattr(painter, 'DISTRACTOR_RATE', 0.0)
-  monkeypatch.setattr(painter, 'OCCLUDER_RATE', 0.0)
+  monkeypatch.setattr(pedestrians, 'DISTRACTOR_RATE', 0.0)
+  monkeypatch.setattr(pedestrians, 'OCCLUDER_RATE', 0.0)
   later = {'sunglass': ['faceMask', 'Hat'], 'faceMask': ['Hat'], 'Hat': []}[name]
 
   def draw_with(labels, k):
@@ -152,8 +138,8 @@ def test_cue_is_drawn_inside_its_box(monkeypatch, name):
       rng.random(10)  # Keep the stream aligned with the real sampler.
       return labels
 
-    monkeypatch.setattr(painter, 'sample_labels', fake_sampler)
-    return painter.draw_example(np.random.default_rng([5, k]))
+    monkeypatch.setattr(pedestrians, 'sample_labels', fake_sampler)
+    return pedestrians.draw_example(np.random.default_rng([5, k]))
 
   for k in range(6):
     labels = np.zeros(14, np.int8)
@@ -191,27 +177,26 @@ def test_distractors_outside_cues(drawings):
 
 
 def test_generate_is_deterministic_and_seeded():
-  a = painter.generate('train', 7, seed=0)
-  b = painter.generate('train', 7, seed=0)
+  a = pedestrians.generate('train', 7, seed=0)
+  b = pedestrians.generate('train', 7, seed=0)
   assert isinstance(a['image'], bytes) and a['image'] == b['image']
   np.testing.assert_array_equal(a['labels'], b['labels'])
   np.testing.assert_array_equal(a['cue_boxes'], b['cue_boxes'])
   assert a['index'] == 7 and isinstance(a['image_id'], str)
-  assert painter.generate('train', 7, seed=1)['image'] != a['image']
-  assert painter.generate('test', 7, seed=0)['image'] != a['image']
-  assert painter.generate('train', 8, seed=0)['image'] != a['image']
+  assert pedestrians.generate('train', 7, seed=1)['image'] != a['image']
+  assert pedestrians.generate('test', 7, seed=0)['image'] != a['image']
+  assert pedestrians.generate('train', 8, seed=0)['image'] != a['image']
   # Independent of generation order: drawing others first changes nothing.
   for i in range(3):
-    painter.generate('train', i, seed=0)
-  assert painter.generate('train', 7, seed=0)['image'] == a['image']
+    pedestrians.generate('train', i, seed=0)
+  assert pedestrians.generate('train', 7, seed=0)['image'] == a['image']
 
 
 # sha256 (first 16 hex digits) of the raw image, labels and cue boxes of a few
-# examples, recorded at version 1.1.0 of the data (issue 15: cues sized for 112 px,
-# no dark face masks, hats contrasting with the hair; the builder's VERSION moved
-# with it, so a cached 1.0.0 dataset is not reused). The demo's published numbers
-# depend on these exact pixels: a change to the painter that alters them must be
-# deliberate, bump `SyntheticAttributes.VERSION`, and be re-measured.
+# examples, as drawn at the builder's current VERSION (so a cached dataset of an
+# older version is not reused). The demo's published numbers depend on these exact
+# pixels: a change to the drawing that alters them must be deliberate, bump
+# `SyntheticAttributes.VERSION`, and be re-measured.
 PINNED = [
   (('train', 0, 0), (185, 88, 3), 'eef9e1abb266db67'),
   (('train', 5, 0), (130, 66, 3), 'ac29f2be63992985'),
@@ -222,7 +207,7 @@ PINNED = [
 
 @pytest.mark.parametrize(('where', 'shape', 'digest'), PINNED)
 def test_examples_are_the_recorded_ones(where, shape, digest):
-  example = painter.generate(*where, encode=False)
+  example = pedestrians.generate(*where, encode=False)
   assert example['image'].shape == shape
   h = hashlib.sha256()
   for key in ('image', 'labels', 'cue_boxes'):
@@ -230,9 +215,9 @@ def test_examples_are_the_recorded_ones(where, shape, digest):
   assert h.hexdigest()[:16] == digest
 
 
-def test_painter_imports_no_tensorflow():
+def test_drawing_modules_import_no_tensorflow():
   code = (
-    'import sys; import jaxattr.data.painter; '
+    'import sys; import jaxattr.data.pedestrians, jaxattr.data.cues; '
     "print(sorted(m for m in sys.modules if m.startswith('tensorflow')))"
   )
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
@@ -240,15 +225,15 @@ def test_painter_imports_no_tensorflow():
 
 
 def test_jpeg_matches_raw_image():
-  raw = painter.generate('validation', 3, seed=2, encode=False)
-  enc = painter.generate('validation', 3, seed=2)
+  raw = pedestrians.generate('validation', 3, seed=2, encode=False)
+  enc = pedestrians.generate('validation', 3, seed=2)
   decoded = np.asarray(Image.open(io.BytesIO(enc['image'])))
   assert decoded.shape == raw['image'].shape
   assert np.abs(decoded.astype(int) - raw['image'].astype(int)).mean() < 6
 
 
 def test_unknown_labels():
-  examples = [painter.generate('train', i, seed=3, encode=False) for i in range(600)]
+  examples = [pedestrians.generate('train', i, seed=3, encode=False) for i in range(600)]
   labels = np.stack([e['labels'] for e in examples])
   boxes = np.stack([e['cue_boxes'] for e in examples])
   unknown = labels == -1
@@ -266,8 +251,8 @@ def test_redraw_matches_generate():
   # A stored example can be redrawn (e.g. for its distractor boxes); hiding only
   # replaces labels by -1.
   for i in range(20):
-    example = painter.generate('validation', i, seed=4, encode=False)
-    drawing = painter.draw_example(painter.example_rngs('validation', i, seed=4)[0])
+    example = pedestrians.generate('validation', i, seed=4, encode=False)
+    drawing = pedestrians.draw_example(canvas.example_rngs('validation', i, seed=4)[0])
     np.testing.assert_array_equal(example['image'], drawing.image)
     np.testing.assert_array_equal(example['cue_boxes'], drawing.cue_boxes)
     known = example['labels'] != -1
@@ -296,7 +281,7 @@ def test_tiny_build(tiny):
     assert e['image'].dtype == np.uint8 and e['image'].ndim == 3
   # The stored example is the pure function's output.
   stored = next(iter(tfds.as_numpy(tiny.as_dataset(split='test'))))
-  ref = painter.generate('test', int(stored['index']), seed=0)
+  ref = pedestrians.generate('test', int(stored['index']), seed=0)
   np.testing.assert_array_equal(stored['labels'], ref['labels'])
   np.testing.assert_array_equal(stored['cue_boxes'], ref['cue_boxes'])
   assert stored['image_id'].decode() == ref['image_id']

@@ -13,6 +13,7 @@ The attribute names travel in `info.metadata['attribute_names']`.
 """
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -45,6 +46,11 @@ def canonical_features(
   }
   features.update(extra or {})
   return tfds.features.FeaturesDict(features)
+
+
+def example(image: bytes, labels: np.ndarray, index: int, image_id: str) -> dict[str, Any]:
+  """The canonical example (the module docstring's fields), image already encoded."""
+  return {'image': image, 'labels': labels, 'index': index, 'image_id': image_id}
 
 
 def make_info(

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxattr.data import common, images, manual
+from jaxattr.data import manual
 from jaxattr.data.common import DataError
 
 SPLITS = ('train', 'validation', 'test')
@@ -191,14 +191,6 @@ class CustomAttributes(manual.ManualDirBuilder):
   LAYOUT = _LAYOUT
   NAMES_FROM_DATA = True
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return common.make_info(
-      self,
-      self._attribute_names(),
-      description=__doc__,
-      encoding_format='jpeg',
-    )
-
   def _labels(self, root: Path) -> CustomLabels:
     """`read_custom_labels`, with an incomplete-folder error if there is nothing to read."""
     if not root.is_dir() or not any(root.iterdir()):
@@ -228,11 +220,7 @@ class CustomAttributes(manual.ManualDirBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
     root = self._manual_root(dl_manager)
     labels = self._labels(root)
-    if labels.attribute_names != self._attribute_names():
-      raise DataError(
-        f'{root}: attribute columns {labels.attribute_names} differ from the ones this '
-        f'builder was set up with ({self._attribute_names()}).'
-      )
+    self._check_names(root, labels.attribute_names)
     self.info.metadata['csv_sha256'] = fingerprint(labels.files)
     self._require_images(root, [root / r.image for rows in labels.splits.values() for r in rows])
     return {
@@ -240,19 +228,5 @@ class CustomAttributes(manual.ManualDirBuilder):
     }
 
   def _generate_examples(self, root: Path, split: str, rows: list[CustomRow]):
-    index = 0
-    for row in rows:
-      loaded = self._read_image(split, root / row.image, row.image)
-      if loaded is None:
-        continue
-      yield (
-        index,
-        {
-          'image': images.stored_bytes(*loaded, 'jpeg'),
-          'labels': row.labels,
-          'index': index,
-          'image_id': row.image,
-        },
-      )
-      index += 1
-    self._report_bad_images(split, index)
+    examples = ((root / row.image, row.image, row.labels) for row in rows)
+    return self._stored_examples(split, examples)

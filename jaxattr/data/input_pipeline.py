@@ -270,6 +270,13 @@ def steps_per_epoch(num_examples: int, global_batch: int) -> int:
   return steps
 
 
+def _local_batch(what: str, global_batch: int, process_count: int) -> int:
+  """This process's share of `global_batch`; a ValueError if it does not divide evenly."""
+  if global_batch % process_count:
+    raise ValueError(f'{what} {global_batch} is not divisible by {process_count} processes.')
+  return global_batch // process_count
+
+
 def train_batches(
   builder: tfds.core.DatasetBuilder,
   data_config: ml_collections.ConfigDict,
@@ -295,10 +302,8 @@ def train_batches(
     dicts with `image` uint8 [b, S, S, 3], `labels` int8 [b, C], `index` int32 [b],
     where b = global_batch // process_count.
   """
-  if global_batch % process_count:
-    raise ValueError(f'Global batch {global_batch} is not divisible by {process_count} processes.')
+  local_batch = _local_batch('Global batch', global_batch, process_count)
   mode = bad_image_mode(data_config)
-  local_batch = global_batch // process_count
   split = data_config.train_split
   num_examples = builder.info.splits[split].num_examples
   spe = steps_per_epoch(num_examples, global_batch)
@@ -385,10 +390,8 @@ def eval_batches(
     (iterator, num_batches): batches with `image`, `labels`, `index`, `mask` (False
     on padding) and the extra keys; every process yields `num_batches` batches.
   """
-  if global_batch % process_count:
-    raise ValueError(f'Eval batch {global_batch} is not divisible by {process_count} processes.')
+  local_batch = _local_batch('Eval batch', global_batch, process_count)
   mode = bad_image_mode(data_config)
-  local_batch = global_batch // process_count
   num_examples = builder.info.splits[split].num_examples
   per_process = -(-num_examples // process_count)
   num_batches = max(1, -(-per_process // local_batch))

@@ -18,17 +18,21 @@ encoding); MATLAB annotations with `jaxattr.data.matlab`.
 import dataclasses
 import json
 import os
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
+import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 from tensorflow_datasets.core import constants
 
-from jaxattr.data import images
+from jaxattr.data import common, images
 from jaxattr.data.common import DataError
+
+T = TypeVar('T')
 
 # How many missing files an error message lists before it summarises the rest.
 MAX_LISTED = 20
@@ -101,7 +105,9 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   Subclasses set `DISPLAY_NAME`, `SOURCE` (official page name and URL) and
   `LAYOUT` (the expected folder layout); `MANUAL_DOWNLOAD_INSTRUCTIONS` is built
-  from them.
+  from them. `info` holds the canonical features, `ATTRIBUTE_NAMES` (names fixed
+  by the release), `HOMEPAGE`, `CITATION`, how images are stored (`ENCODING`) and,
+  as its description, the docstring of the builder's module.
 
   Attribute names from the data: TFDS builds `info` (features included, so the
   number of attributes) when the builder is constructed, before any manual dir
@@ -118,6 +124,10 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   SOURCE: ClassVar[str] = ''
   LAYOUT: ClassVar[str] = ''
   NAMES_FROM_DATA: ClassVar[bool] = False
+  ATTRIBUTE_NAMES: ClassVar[Sequence[str]] = ()
+  HOMEPAGE: ClassVar[str] = ''
+  CITATION: ClassVar[str] = ''
+  ENCODING: ClassVar[str] = 'jpeg'
 
   def __init__(
     self,
@@ -160,6 +170,28 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         f'{cls.LAYOUT}\n{how_to_pass_manual_dir()}'
       )
 
+  def _info(self) -> tfds.core.DatasetInfo:
+    """The canonical features and the names; the builder module's docstring describes it."""
+    return common.make_info(
+      self,
+      self._expected_names(),
+      description=sys.modules[type(self).__module__].__doc__ or '',
+      homepage=self.HOMEPAGE,
+      citation=self.CITATION,
+      encoding_format=self.ENCODING,
+    )
+
+  def _expected_names(self) -> list[str]:
+    """`ATTRIBUTE_NAMES`, or the names read from the user's files (NAMES_FROM_DATA)."""
+    return self._attribute_names() if self.NAMES_FROM_DATA else list(self.ATTRIBUTE_NAMES)
+
+  def _check_names(self, path: Path, names: Sequence[str]) -> None:
+    """A `DataError` naming `path` if the attribute names it states are not the expected ones."""
+    expected = self._expected_names()
+    if list(names) != expected:
+      why = ' (the ones this builder was set up with)' if self.NAMES_FROM_DATA else ''
+      raise DataError(f'{path}: the attributes are {list(names)}, expected {expected}{why}.')
+
   # -- manual dir --------------------------------------------------------------
 
   def _error(self, root: os.PathLike | str, missing: Sequence[str]) -> DataError:
@@ -180,6 +212,43 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       return Path(os.fspath(dl_manager.manual_dir))
     except AssertionError as e:  # TFDS's own check, should ours ever be bypassed.
       raise self._error(root or '<manual_dir>', [f'the manual dir ({e})']) from e
+
+  def _require_layout(
+    self, root: Path, files: Mapping[Path, str], folders: Mapping[Path, str]
+  ) -> None:
+    """One error listing every missing annotation file and image folder.
+
+    Args:
+      root: the user's folder (the error names it and the expected layout).
+      files: file that must exist -> what it is (e.g. 'annotation file').
+      folders: folder that must exist -> what it holds.
+    """
+    missing = [f'{path} ({what})' for path, what in files.items() if not path.is_file()]
+    missing += [f'{path} ({what})' for path, what in folders.items() if not path.is_dir()]
+    if missing:
+      raise self._error(root, missing)
+
+  def _read_annotation(
+    self, root: Path, file_name: str, image_folder: str, holds: str, read: Callable[[Path], T]
+  ) -> tuple[Path, T]:
+    """Reads the annotation file `root/file_name` once the folder's layout is checked.
+
+    Args:
+      root: the user's folder.
+      file_name: the annotation file, relative to `root`.
+      image_folder: the folder of images, relative to `root`.
+      holds: what the image folder holds (named in the error if it is absent).
+      read: the file's reader; its result has the `attribute_names` the file states,
+        checked against the builder's (`_check_names`).
+
+    Returns:
+      `(path of the annotation file, what read returned)`.
+    """
+    path = root / file_name
+    self._require_layout(root, {path: 'annotation file'}, {root / image_folder: holds})
+    annotation = read(path)
+    self._check_names(path, annotation.attribute_names)
+    return path, annotation
 
   def _require_images(self, root: Path, paths: Iterable[Path]) -> None:
     """One error listing every missing image (unless bad images are skipped).
@@ -204,6 +273,32 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         raise
       self._bad_images.append((split, image_id, str(e)))
       return None
+
+  def _stored_examples(
+    self, split: str, rows: Iterable[tuple[Path, str, np.ndarray]]
+  ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """A split's canonical examples, one per image, keyed by their `index`.
+
+    Images are stored as `ENCODING`. A bad image stops the build, or is skipped
+    (`skip_bad_images`) and the index stays contiguous; the skipped ones are
+    reported at the end of the split.
+
+    Args:
+      split: the split's name.
+      rows: (image path, image_id, labels) per example, in the split's order.
+
+    Yields:
+      `(index, example)` for TFDS.
+    """
+    index = 0
+    for path, image_id, labels in rows:
+      loaded = self._read_image(split, path, image_id)
+      if loaded is None:
+        continue
+      image = images.stored_bytes(*loaded, self.ENCODING)
+      yield index, common.example(image, labels, index, image_id)
+      index += 1
+    self._report_bad_images(split, index)
 
   def _report_bad_images(self, split: str, written: int) -> None:
     """Logs the split's skipped images and appends them to `bad_images.txt`.

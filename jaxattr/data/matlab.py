@@ -42,6 +42,19 @@ def load_mat(path: Path) -> dict[str, Any]:
     raise DataError(f'{path}: cannot read MATLAB file ({type(e).__name__}: {e}).') from e
 
 
+def load_variables(path: Path, names: Sequence[str]) -> dict[str, Any]:
+  """`load_mat`, checking that the file holds the variables `names`.
+
+  Raises:
+    DataError: as `load_mat`, or naming the absent variables and those the file holds.
+  """
+  contents = load_mat(path)
+  absent = [name for name in names if name not in contents]
+  if absent:
+    raise DataError(f'{path}: variables {absent} are missing (found {sorted(contents)}).')
+  return contents
+
+
 def mat_unwrap(value: Any) -> Any:
   """Peels the 1x1 cell/struct arrays loadmat puts around a single value."""
   while (

@@ -14,8 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxattr.data import common, images, manual, matlab
-from jaxattr.data.common import DataError
+from jaxattr.data import manual, matlab
 
 # The 26 attributes of annotation.mat, in its order.
 ATTRIBUTE_NAMES = (
@@ -82,13 +81,10 @@ def read_pa100k_mat(path: Path) -> Pa100kAnnotation:
   Raises:
     DataError: naming the file and variable if anything is missing or malformed.
   """
-  contents = matlab.load_mat(path)
   needed = ['attributes'] + [
     f'{p}_{k}' for p in _MAT_PREFIX.values() for k in ('images_name', 'label')
   ]
-  absent = [v for v in needed if v not in contents]
-  if absent:
-    raise DataError(f'{path}: variables {absent} are missing (found {sorted(contents)}).')
+  contents = matlab.load_variables(path, needed)
   names = matlab.mat_strings(contents['attributes'], path, 'attributes')
   splits = {}
   for split, prefix in _MAT_PREFIX.items():
@@ -111,40 +107,22 @@ class Pa100k(manual.ManualDirBuilder):
   DISPLAY_NAME = 'PA-100K'
   SOURCE = f'PA-100K (HydraPlus-Net), {HOMEPAGE}'
   LAYOUT = _LAYOUT
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    # The names are fixed by the release, so the builder states them before the
-    # file is read (TFDS needs them at construction) and checks them after.
-    return common.make_info(
-      self,
-      ATTRIBUTE_NAMES,
-      description=__doc__,
-      homepage=HOMEPAGE,
-      citation=(
-        '@inproceedings{liu2017hydraplus, title={HydraPlus-Net: Attentive Deep Features '
-        'for Pedestrian Analysis}, author={Liu, Xihui and Zhao, Haiyu and Tian, Maoqing '
-        'and Sheng, Lu and Shao, Jing and Yi, Shuai and Yan, Junjie and Wang, Xiaogang}, '
-        'booktitle={ICCV}, year={2017}}'
-      ),
-      encoding_format='jpeg',
-    )
+  # The names are fixed by the release, so the builder states them before the
+  # file is read (TFDS needs them at construction) and checks them after.
+  ATTRIBUTE_NAMES = ATTRIBUTE_NAMES
+  HOMEPAGE = HOMEPAGE
+  CITATION = (
+    '@inproceedings{liu2017hydraplus, title={HydraPlus-Net: Attentive Deep Features '
+    'for Pedestrian Analysis}, author={Liu, Xihui and Zhao, Haiyu and Tian, Maoqing '
+    'and Sheng, Lu and Shao, Jing and Yi, Shuai and Yan, Junjie and Wang, Xiaogang}, '
+    'booktitle={ICCV}, year={2017}}'
+  )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
     root = self._manual_root(dl_manager)
-    mat_path = root / 'annotation.mat'
-    missing = []
-    if not mat_path.is_file():
-      missing.append(f'{mat_path} (annotation file)')
-    if not (root / 'data').is_dir():
-      missing.append(f'{root / "data"} (folder of 000001.jpg ... 100000.jpg)')
-    if missing:
-      raise self._error(root, missing)
-    annotation = read_pa100k_mat(mat_path)
-    if tuple(annotation.attribute_names) != ATTRIBUTE_NAMES:
-      raise DataError(
-        f'{mat_path}: attributes are {annotation.attribute_names}, expected '
-        f'{list(ATTRIBUTE_NAMES)}.'
-      )
+    _, annotation = self._read_annotation(
+      root, 'annotation.mat', 'data', 'folder of 000001.jpg ... 100000.jpg', read_pa100k_mat
+    )
     self._require_images(
       root, [root / 'data' / n for s in annotation.splits.values() for n in s.image_names]
     )
@@ -153,20 +131,8 @@ class Pa100k(manual.ManualDirBuilder):
     }
 
   def _generate_examples(self, root: Path, split: str, data: Pa100kSplit):
-    index = 0
-    for name, labels in zip(data.image_names, data.labels, strict=True):
-      image_id = f'data/{name}'
-      loaded = self._read_image(split, root / image_id, image_id)
-      if loaded is None:
-        continue
-      yield (
-        index,
-        {
-          'image': images.stored_bytes(*loaded, 'jpeg'),
-          'labels': labels,
-          'index': index,
-          'image_id': image_id,
-        },
-      )
-      index += 1
-    self._report_bad_images(split, index)
+    rows = (
+      (root / 'data' / name, f'data/{name}', labels)
+      for name, labels in zip(data.image_names, data.labels, strict=True)
+    )
+    return self._stored_examples(split, rows)

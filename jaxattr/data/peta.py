@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxattr.data import common, images, manual, matlab
+from jaxattr.data import manual, matlab
 from jaxattr.data.common import DataError
 
 # PETA.mat's first 35 attributes: the 35 evaluated by the protocol (and, in this
@@ -118,10 +118,7 @@ def read_peta_mat(path: Path) -> PetaMat:
   Raises:
     DataError: naming the file and the variable if anything is malformed.
   """
-  contents = matlab.load_mat(path)
-  if 'peta' not in contents:
-    raise DataError(f'{path}: no variable "peta" (variables: {sorted(contents)}).')
-  peta = contents['peta']
+  peta = matlab.load_variables(path, ['peta'])['peta']
   data = matlab.mat_matrix(
     matlab.mat_field(peta, 'data', path), path, 'peta.data', (None, _NUM_DATA_COLUMNS)
   )
@@ -254,6 +251,14 @@ class Peta(manual.ManualDirBuilder):
   DISPLAY_NAME = 'PETA'
   SOURCE = SOURCE
   LAYOUT = f'Either (configs mat0..mat4)\n{_MAT_LAYOUT}\nor (config vespa)\n{_VESPA_LAYOUT}'
+  ATTRIBUTE_NAMES = ATTRIBUTE_NAMES
+  HOMEPAGE = HOMEPAGE
+  CITATION = (
+    '@inproceedings{deng2014pedestrian, title={Pedestrian Attribute Recognition '
+    'At Far Distance}, author={Deng, Yubin and Luo, Ping and Loy, Chen Change and '
+    'Tang, Xiaoou}, booktitle={ACM Multimedia}, year={2014}}'
+  )
+  ENCODING = 'png'
 
   def __init__(self, *, peta_dir: str | None = None, **kwargs: Any):
     """Creates the builder.
@@ -274,20 +279,6 @@ class Peta(manual.ManualDirBuilder):
   def _layout(self) -> str:
     return _MAT_LAYOUT if self.builder_config.form == 'mat' else _VESPA_LAYOUT
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return common.make_info(
-      self,
-      ATTRIBUTE_NAMES,
-      description=__doc__,
-      homepage=HOMEPAGE,
-      citation=(
-        '@inproceedings{deng2014pedestrian, title={Pedestrian Attribute Recognition '
-        'At Far Distance}, author={Deng, Yubin and Luo, Ping and Loy, Chen Change and '
-        'Tang, Xiaoou}, booktitle={ACM Multimedia}, year={2014}}'
-      ),
-      encoding_format='png',
-    )
-
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
     root = self._manual_root(dl_manager)
     if self.builder_config.form == 'mat':
@@ -298,20 +289,10 @@ class Peta(manual.ManualDirBuilder):
     return {split: self._generate_examples(split, rows) for split, rows in examples.items()}
 
   def _mat_examples(self, root: Path) -> dict[str, list[tuple[Path, str, np.ndarray]]]:
-    mat_path = root / 'PETA.mat'
-    missing = []
-    if not mat_path.is_file():
-      missing.append(f'{mat_path} (annotation file)')
-    if not (root / 'images').is_dir():
-      missing.append(f'{root / "images"} (folder of 00001.png ... 19000.png)')
-    if missing:
-      raise self._error(root, missing)
-    peta = read_peta_mat(mat_path)
-    if tuple(peta.attribute_names) != ATTRIBUTE_NAMES:
-      raise DataError(
-        f'{mat_path}: the selected attributes are {peta.attribute_names}, expected the '
-        f'35 of the PETA protocol: {list(ATTRIBUTE_NAMES)}.'
-      )
+    # The names checked are the 35 of the PETA protocol.
+    mat_path, peta = self._read_annotation(
+      root, 'PETA.mat', 'images', 'folder of 00001.png ... 19000.png', read_peta_mat
+    )
     partition = self.builder_config.partition
     if partition >= len(peta.partitions):
       raise DataError(f'{mat_path}: has {len(peta.partitions)} partitions, not {partition + 1}.')
@@ -368,20 +349,4 @@ class Peta(manual.ManualDirBuilder):
     return examples
 
   def _generate_examples(self, split: str, rows: list[tuple[Path, str, np.ndarray]]):
-    index = 0
-    for path, image_id, labels in rows:
-      loaded = self._read_image(split, path, image_id)
-      if loaded is None:
-        continue
-      raw, image = loaded
-      yield (
-        index,
-        {
-          'image': images.stored_bytes(raw, image, 'png'),
-          'labels': labels,
-          'index': index,
-          'image_id': image_id,
-        },
-      )
-      index += 1
-    self._report_bad_images(split, index)
+    return self._stored_examples(split, rows)

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxattr.data import common, images, manual, matlab
+from jaxattr.data import manual, matlab
 from jaxattr.data.common import DataError
 
 HOMEPAGE = 'http://www.rapdataset.com/'
@@ -66,10 +66,7 @@ def read_rap2_mat(path: Path) -> Rap2Annotation:
   Raises:
     DataError: naming the file and the field if anything is malformed.
   """
-  contents = matlab.load_mat(path)
-  if 'RAP_annotation' not in contents:
-    raise DataError(f'{path}: no variable "RAP_annotation" (variables: {sorted(contents)}).')
-  rap = contents['RAP_annotation']
+  rap = matlab.load_variables(path, ['RAP_annotation'])['RAP_annotation']
   names = matlab.mat_strings(matlab.mat_field(rap, 'name', path), path, 'RAP_annotation.name')
   attributes = matlab.mat_strings(
     matlab.mat_field(rap, 'attribute', path), path, 'RAP_annotation.attribute'
@@ -138,40 +135,28 @@ class Rap2(manual.ManualDirBuilder):
   SOURCE = SOURCE
   LAYOUT = _LAYOUT
   NAMES_FROM_DATA = True
+  HOMEPAGE = HOMEPAGE
+  CITATION = (
+    '@article{li2019richly, title={A Richly Annotated Pedestrian Dataset for Person '
+    'Retrieval in Real Surveillance Scenarios}, author={Li, Dangwei and Zhang, Zhang '
+    'and Chen, Xiaotang and Huang, Kaiqi}, journal={IEEE TIP}, year={2019}}'
+  )
+  ENCODING = 'png'
 
   def __init__(self, **kwargs: Any):
     """Creates the builder; see `ManualDirBuilder` for the arguments."""
     self._annotation: tuple[Path, Rap2Annotation] | None = None
     super().__init__(**kwargs)
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return common.make_info(
-      self,
-      self._attribute_names(),
-      description=__doc__,
-      homepage=HOMEPAGE,
-      citation=(
-        '@article{li2019richly, title={A Richly Annotated Pedestrian Dataset for Person '
-        'Retrieval in Real Surveillance Scenarios}, author={Li, Dangwei and Zhang, Zhang '
-        'and Chen, Xiaotang and Huang, Kaiqi}, journal={IEEE TIP}, year={2019}}'
-      ),
-      encoding_format='png',
-    )
-
   def _load(self, root: Path) -> Rap2Annotation:
     """The parsed annotation under `root` (parsed once per builder)."""
     mat_path = root / ANNOTATION
     if self._annotation is None or self._annotation[0] != mat_path:
-      missing = []
       if not root.is_dir() or not any(root.iterdir()):
-        missing.append(f'{root} (the folder does not exist or is empty)')
-      else:
-        if not mat_path.is_file():
-          missing.append(f'{mat_path} (annotation file)')
-        if not (root / IMAGE_DIR).is_dir():
-          missing.append(f'{root / IMAGE_DIR} (folder of images)')
-      if missing:
-        raise self._error(root, missing)
+        raise self._error(root, [f'{root} (the folder does not exist or is empty)'])
+      self._require_layout(
+        root, files={mat_path: 'annotation file'}, folders={root / IMAGE_DIR: 'folder of images'}
+      )
       self._annotation = (mat_path, read_rap2_mat(mat_path))
     return self._annotation[1]
 
@@ -181,11 +166,7 @@ class Rap2(manual.ManualDirBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
     root = self._manual_root(dl_manager)
     annotation = self._load(root)
-    if annotation.attribute_names != self._attribute_names():
-      raise DataError(
-        f'{root / ANNOTATION}: selected attributes {annotation.attribute_names} differ from '
-        f'the ones this builder was set up with ({self._attribute_names()}).'
-      )
+    self._check_names(root / ANNOTATION, annotation.attribute_names)
     partition = self.builder_config.partition
     if partition >= len(annotation.partitions):
       raise DataError(
@@ -204,20 +185,9 @@ class Rap2(manual.ManualDirBuilder):
   def _generate_examples(
     self, root: Path, split: str, annotation: Rap2Annotation, rows: np.ndarray
   ):
-    index = 0
-    for row in rows:
-      image_id = f'{IMAGE_DIR}/{annotation.image_names[row]}'
-      loaded = self._read_image(split, root / image_id, image_id)
-      if loaded is None:
-        continue
-      yield (
-        index,
-        {
-          'image': images.stored_bytes(*loaded, 'png'),
-          'labels': annotation.labels[row],
-          'index': index,
-          'image_id': image_id,
-        },
-      )
-      index += 1
-    self._report_bad_images(split, index)
+    image_ids = (f'{IMAGE_DIR}/{annotation.image_names[row]}' for row in rows)
+    examples = (
+      (root / image_id, image_id, annotation.labels[row])
+      for image_id, row in zip(image_ids, rows, strict=True)
+    )
+    return self._stored_examples(split, examples)

@@ -1,13 +1,13 @@
 """A procedurally drawn pedestrian-attribute dataset, jaxattr's embedded default.
 
 No real attribute dataset can ship with jaxattr, so the demo and the tests use
-drawn person crops (`jaxattr.data.painter` draws them; its docstring says what
-makes them hard). This module stores them as a TFDS dataset: three builder
+drawn person crops (`jaxattr.data.pedestrians` draws them; its docstring says
+what makes them hard). This module stores them as a TFDS dataset: three builder
 configs of different sizes, each example a pure function of (seed, split, index),
 so a config's splits are prefixes of a larger config's. The extra feature
 `cue_boxes` gives where each drawn cue is, for the pointing game. One more config,
 `cues`, holds the controlled localisation task of experiments/localisation.py
-(`painter.draw_cues_example`): other attributes, same features.
+(`jaxattr.data.cues`): other attributes, same features.
 """
 
 import dataclasses
@@ -16,14 +16,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxattr.data import common
-from jaxattr.data.painter import (
-  ATTRIBUTES,
-  CUE_NAMES,
-  NUM_CLASSES,
-  generate,
-  generate_cues,
-  generate_range,
-)
+from jaxattr.data.cues import CUE_NAMES, generate_cues
+from jaxattr.data.pedestrians import ATTRIBUTES, NUM_CLASSES, generate, generate_range
 
 # `generate` is re-exported: callers that only need the examples (tests, tools)
 # have read them from here.
@@ -45,8 +39,8 @@ class SyntheticAttributesConfig(tfds.core.BuilderConfig):
     num_validation: examples in `validation`.
     num_test: examples in `test`.
     seed: seed of every example's generator.
-    kind: 'pedestrians' (the 14 WIDER attributes, `painter.draw_example`) or
-      'cues' (the controlled localisation task, `painter.draw_cues_example`).
+    kind: 'pedestrians' (the 14 WIDER attributes, `pedestrians.draw_example`) or
+      'cues' (the controlled localisation task, `cues.draw_cues_example`).
     image_size: side of the square images of kind 'cues'.
   """
 
@@ -66,7 +60,7 @@ class SyntheticAttributes(tfds.core.GeneratorBasedBuilder):
     '1.0.0': 'First release.',
     '1.1.0': (
       'Cues visible at 112 px (taller sunglasses, larger logos and face masks, wider '
-      'stripes), no dark face masks, hats contrast with the hair (issue 15); the '
+      'stripes), no dark face masks, hats contrast with the hair; the '
       '`cues` config of the localisation task.'
     ),
   }

@@ -25,28 +25,14 @@ from absl import logging
 from jaxattr.data import common, manual
 from jaxattr.data.common import DataError
 from jaxattr.data.images import encode_image, to_rgb
+from jaxattr.data.wider_names import ATTRIBUTE_NAMES
 
-ATTRIBUTE_NAMES = (
-  'Male',
-  'longHair',
-  'sunglass',
-  'Hat',
-  'Tshirt',
-  'longSleeve',
-  'formal',
-  'shorts',
-  'jeans',
-  'longPants',
-  'skirt',
-  'faceMask',
-  'logo',
-  'stripe',
-)
 # The official attribute_id_map misspells one name; we keep the canonical one.
 _OFFICIAL_SPELLING = {'Tshiirt': 'Tshirt'}
 # Official 1 / -1 / 0 -> canonical 1 / 0 / -1.
 _LABEL_MAP = {1: 1, -1: 0, 0: -1}
 
+HOMEPAGE = 'http://mmlab.ie.cuhk.edu.hk/projects/WIDERAttribute.html'
 TRAINVAL_JSON = 'wider_attribute_trainval.json'
 TEST_JSON = 'wider_attribute_test.json'
 ANNOTATION_DIRS = ('wider_attribute_annotation', 'Anno', '')
@@ -166,22 +152,15 @@ class WiderAttribute(manual.ManualDirBuilder):
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Crops of the official boxes, canonical labels.'}
   DISPLAY_NAME = 'WIDER-Attribute'
-  SOURCE = 'WIDER-Attribute, http://mmlab.ie.cuhk.edu.hk/projects/WIDERAttribute.html'
+  SOURCE = f'WIDER-Attribute, {HOMEPAGE}'
   LAYOUT = _LAYOUT
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return common.make_info(
-      self,
-      ATTRIBUTE_NAMES,
-      description=__doc__,
-      homepage='http://mmlab.ie.cuhk.edu.hk/projects/WIDERAttribute.html',
-      citation=(
-        '@inproceedings{li2016human, title={Human Attribute Recognition by Deep '
-        'Hierarchical Contexts}, author={Li, Yining and Huang, Chen and Loy, Chen Change '
-        'and Tang, Xiaoou}, booktitle={ECCV}, year={2016}}'
-      ),
-      encoding_format='jpeg',
-    )
+  ATTRIBUTE_NAMES = ATTRIBUTE_NAMES
+  HOMEPAGE = HOMEPAGE
+  CITATION = (
+    '@inproceedings{li2016human, title={Human Attribute Recognition by Deep '
+    'Hierarchical Contexts}, author={Li, Yining and Huang, Chen and Loy, Chen Change '
+    'and Tang, Xiaoou}, booktitle={ECCV}, year={2016}}'
+  )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
     root = self._manual_root(dl_manager)
@@ -233,15 +212,8 @@ class WiderAttribute(manual.ManualDirBuilder):
           crop = pixels
         else:
           crop = pixels.crop(box)
-        yield (
-          index,
-          {
-            'image': encode_image(crop, 'jpeg'),
-            'labels': target.labels,
-            'index': index,
-            'image_id': f'{relative}#{k}',
-          },
-        )
+        image_id = f'{relative}#{k}'
+        yield index, common.example(encode_image(crop, 'jpeg'), target.labels, index, image_id)
         index += 1
     logging.info(
       'wider_attribute %s: %d boxes; %d outside the image or empty after clipping, '

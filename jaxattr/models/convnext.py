@@ -46,6 +46,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxattr.models.backbone import creator, linear
 from jaxattr.models.resnet import scale_blocks, scale_channels
 from jaxattr.models.swin import block_drop_rates, stochastic_depth
 
@@ -122,9 +123,7 @@ def _conv(
 
 
 def _dense(features: int, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.Dense:
-  return nn.Dense(
-    features, kernel_init=weight_init, dtype=dtype, param_dtype=param_dtype, name=name
-  )
+  return linear(features, dtype, param_dtype, name, weight_init)
 
 
 class CNBlockBranch(nn.Module):
@@ -294,40 +293,19 @@ class ConvNeXt(nn.Module):
     return out
 
 
-def create_convnext(
-  name: str,
-  width: float = 1.0,
-  dtype: Dtype = jnp.float32,
-  param_dtype: Dtype = jnp.float32,
-  num_classes: int | None = None,
-  module_name: str | None = None,
-  stochastic_depth_prob: float = 0.0,
-  depth: float = 1.0,
-) -> ConvNeXt:
-  """A `ConvNeXt` by torchvision name ('convnext_tiny', 'convnext_small', 'convnext_base').
+def convnext_fields(name: str, width: float, depth: float) -> dict[str, Any]:
+  """`ConvNeXt`'s fields for torchvision's 'convnext_tiny', '_small', '_base' (`backbone.creator`).
 
-  Args:
-    name: the architecture.
-    width: channel multiplier (1.0 = torchvision).
-    dtype: compute dtype.
-    param_dtype: parameter dtype.
-    num_classes: if set, include torchvision's `classifier.2` Linear.
-    module_name: the Flax module name (e.g. 'backbone'); None = automatic.
-    stochastic_depth_prob: drop rate of the last block in training (0 = off;
-      torchvision's ImageNet rates are in `CONVNEXT_SPECS`).
-    depth: block multiplier of every stage (`resnet.scale_blocks`; 1.0 =
-      torchvision).
-
-  Returns:
-    The (unbound) module.
+  `width` multiplies the channels (1.0 = torchvision), `depth` the blocks of every
+  stage (`resnet.scale_blocks`). The option `stochastic_depth_prob` is the drop
+  rate of the last block in training (0 = off; torchvision's ImageNet rates are in
+  `CONVNEXT_SPECS`).
   """
   spec = CONVNEXT_SPECS[name]
-  return ConvNeXt(
-    channels=tuple(scale_channels(c, width) for c in spec.channels),
-    depths=tuple(scale_blocks(n, depth) for n in spec.depths),
-    num_classes=num_classes,
-    stochastic_depth_prob=stochastic_depth_prob,
-    dtype=dtype,
-    param_dtype=param_dtype,
-    name=module_name,
-  )
+  return {
+    'channels': tuple(scale_channels(c, width) for c in spec.channels),
+    'depths': tuple(scale_blocks(n, depth) for n in spec.depths),
+  }
+
+
+create_convnext = creator(ConvNeXt, convnext_fields)

@@ -37,6 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxattr.models.backbone import creator, linear
 from jaxattr.models.resnet import (
   batch_norm,
   global_avg_pool,
@@ -285,51 +286,25 @@ class DenseNet(nn.Module):
       features = taps['k2'].shape[-1]
       # torchvision zeroes the classifier bias; the weight keeps Linear's default.
       kernel_init, _ = torch_linear_init(features)
-      logits = nn.Dense(
-        self.num_classes,
-        kernel_init=kernel_init,
-        bias_init=nn.initializers.zeros,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        name='classifier',
-      )(global_avg_pool(taps['k2']))
-      taps = {**taps, 'logits': logits.astype(jnp.float32)}
+      classifier = linear(self.num_classes, self.dtype, self.param_dtype, 'classifier', kernel_init)
+      taps = {**taps, 'logits': classifier(global_avg_pool(taps['k2'])).astype(jnp.float32)}
     return taps
 
 
-def create_densenet(
-  name: str,
-  width: float = 1.0,
-  dtype: Dtype = jnp.float32,
-  param_dtype: Dtype = jnp.float32,
-  num_classes: int | None = None,
-  module_name: str | None = None,
-  depth: float = 1.0,
-) -> DenseNet:
-  """A `DenseNet` by torchvision name ('densenet121', ..., 'densenet201').
+def densenet_fields(name: str, width: float, depth: float) -> dict[str, Any]:
+  """`DenseNet`'s fields for torchvision's 'densenet121', ..., 'densenet201' (`backbone.creator`).
 
-  Args:
-    name: the architecture.
-    width: channel multiplier.
-    dtype: compute dtype.
-    param_dtype: parameter dtype.
-    num_classes: if set, include torchvision's `classifier`.
-    module_name: the Flax module name (e.g. 'backbone'); None = automatic.
-    depth: layer multiplier of every dense block (`resnet.scale_blocks`; 1.0 =
-      torchvision).
-
-  Returns:
-    The (unbound) module.
+  `width` multiplies every channel count, `depth` the layers of every dense block
+  (`resnet.scale_blocks`; 1.0 = torchvision).
   """
   spec = DENSENET_SPECS[name]
-  return DenseNet(
-    growth_rate=spec.growth_rate,
-    block_config=tuple(scale_blocks(n, depth) for n in spec.block_config),
-    num_init_features=spec.num_init_features,
-    bn_size=spec.bn_size,
-    width=width,
-    num_classes=num_classes,
-    dtype=dtype,
-    param_dtype=param_dtype,
-    name=module_name,
-  )
+  return {
+    'growth_rate': spec.growth_rate,
+    'block_config': tuple(scale_blocks(n, depth) for n in spec.block_config),
+    'num_init_features': spec.num_init_features,
+    'bn_size': spec.bn_size,
+    'width': width,
+  }
+
+
+create_densenet = creator(DenseNet, densenet_fields)

@@ -130,7 +130,12 @@ class AttributeModel(nn.Module):
     levels = validate_attention(self.levels, self.aggregation)
     dt, pdt = self.dtype, self.param_dtype
     backbone = create_backbone(
-      self.backbone_name, self.width, dt, pdt, module_name='backbone', depth=self.depth
+      self.backbone_name,
+      width=self.width,
+      dtype=dt,
+      param_dtype=pdt,
+      module_name='backbone',
+      depth=self.depth,
     )
     taps = backbone(images, train=train and not freeze_backbone)
     if freeze_backbone:

@@ -8,7 +8,8 @@ torchvision's published parameter count and its ImageNet weights URL. The model
 read `BACKBONES`; nothing else lists architectures.
 
 The backbone contract: `create(width, dtype, param_dtype, num_classes, module_name,
-depth)` returns a Flax module whose `__call__(x, train)` maps normalised NHWC images to
+depth)` (`backbone.creator` builds it for every family) returns a Flax module whose
+`__call__(x, train)` maps normalised NHWC images to
 
   'k1'      [B, H1, W1, C1]  the stage-3 tap (ResNet layer3, ViT block 8 tokens, ...)
   'k2'      [B, H2, W2, C2]  the stage-4 tap (the last feature grid)
@@ -23,8 +24,8 @@ whose parameter tree follows the torchvision state dict by the naming rule of
 stage (1.0 = torchvision; `resnet.scale_blocks`) so that tiny CPU variants of the same
 code path exist.
 
-Adding a family: its module (e.g. `jaxattr/models/regnet.py` with a `create_*(name,
-width, dtype, param_dtype, num_classes, module_name, depth)` and a tap-channel function),
+Adding a family: its module (e.g. `jaxattr/models/regnet.py` with its Flax module,
+`create_regnet = backbone.creator(RegNet, regnet_fields)` and a tap-channel function),
 one `_FAMILIES` line and one `_TORCHVISION` line per architecture below.
 """
 
@@ -34,12 +35,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
-import jax.numpy as jnp
 import numpy as np
 
 from jaxattr.models import convnext, densenet, resnet, swin, vit
 
-Dtype = Any
 StateDict = dict[str, np.ndarray]
 
 TORCHVISION_URL = 'https://download.pytorch.org/models/'
@@ -115,37 +114,20 @@ def get(name: str) -> Backbone:
   return BACKBONES[name]
 
 
-def create_backbone(
-  name: str,
-  width: float = 1.0,
-  dtype: Dtype = jnp.float32,
-  param_dtype: Dtype = jnp.float32,
-  num_classes: int | None = None,
-  module_name: str | None = None,
-  depth: float = 1.0,
-) -> nn.Module:
+def create_backbone(name: str, width: float = 1.0, **options: Any) -> nn.Module:
   """A registered backbone's Flax module.
 
   Args:
     name: a key of `BACKBONES`.
     width: channel multiplier (1.0 = torchvision).
-    dtype: compute dtype.
-    param_dtype: parameter dtype.
-    num_classes: if set, include the ImageNet head (`Backbone.head`).
-    module_name: the Flax module name (e.g. 'backbone'); None = automatic.
-    depth: block multiplier of every stage (1.0 = torchvision).
+    **options: `dtype`, `param_dtype`, `num_classes` (include the ImageNet head,
+      `Backbone.head`), `module_name` (the Flax name, e.g. 'backbone'), `depth`
+      (block multiplier of every stage), as `backbone.creator` describes them.
 
   Returns:
     The module; `module(x, train)` returns `{'k1', 'k2', 'pooled'[, 'logits']}`.
   """
-  return get(name).create(
-    width=width,
-    dtype=dtype,
-    param_dtype=param_dtype,
-    num_classes=num_classes,
-    module_name=module_name,
-    depth=depth,
-  )
+  return get(name).create(width=width, **options)
 
 
 def backbone_tap_channels(name: str, width: float = 1.0, depth: float = 1.0) -> tuple[int, int]:

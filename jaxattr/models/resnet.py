@@ -38,6 +38,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxattr.models.backbone import creator, linear
+
 Array = jax.Array
 Dtype = Any
 
@@ -171,8 +173,12 @@ class Downsample(nn.Module):
     return layers.norm(train, name='1')(x)
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convs (ResNet-18/34). `planes` is the (scaled) output width."""
+class ResidualBlock(nn.Module):
+  """`relu(shortcut(x) + branch(x))`, the branch a chain of conv-BN(-ReLU) (`convs`).
+
+  The shortcut is the identity, or torchvision's `downsample` when the block
+  changes the stride or the width. `planes` is the (scaled) inner width.
+  """
 
   planes: int
   out_features: int
@@ -180,13 +186,20 @@ class BasicBlock(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
+  def convs(self) -> tuple[tuple[int, int, int], ...]:
+    """(features, kernel, stride) of `conv1`, `conv2`, ...; each is followed by `bn<i>`."""
+    raise NotImplementedError(f'{type(self).__name__} does not say its convolutions.')
+
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     layers = _Layers(self.dtype, self.param_dtype, resnet_conv_init)
-    y = layers.conv(self.planes, 3, self.stride, name='conv1')(x)
-    y = nn.relu(layers.norm(train, name='bn1')(y))
-    y = layers.conv(self.out_features, 3, name='conv2')(y)
-    y = layers.norm(train, name='bn2')(y)
+    convs = self.convs()
+    y = x
+    for i, (features, kernel, stride) in enumerate(convs, start=1):
+      y = layers.conv(features, kernel, stride, name=f'conv{i}')(y)
+      y = layers.norm(train, name=f'bn{i}')(y)
+      if i < len(convs):
+        y = nn.relu(y)
     if self.stride != 1 or x.shape[-1] != self.out_features:
       x = Downsample(
         self.out_features, self.stride, self.dtype, self.param_dtype, name='downsample'
@@ -194,29 +207,18 @@ class BasicBlock(nn.Module):
     return nn.relu(x + y)
 
 
-class Bottleneck(nn.Module):
+class BasicBlock(ResidualBlock):
+  """Two 3x3 convs (ResNet-18/34)."""
+
+  def convs(self) -> tuple[tuple[int, int, int], ...]:
+    return (self.planes, 3, self.stride), (self.out_features, 3, 1)
+
+
+class Bottleneck(ResidualBlock):
   """1x1 - 3x3 (strided, v1.5) - 1x1 bottleneck (ResNet-50/101/152)."""
 
-  planes: int
-  out_features: int
-  stride: int = 1
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array, train: bool) -> Array:
-    layers = _Layers(self.dtype, self.param_dtype, resnet_conv_init)
-    y = layers.conv(self.planes, 1, name='conv1')(x)
-    y = nn.relu(layers.norm(train, name='bn1')(y))
-    y = layers.conv(self.planes, 3, self.stride, name='conv2')(y)
-    y = nn.relu(layers.norm(train, name='bn2')(y))
-    y = layers.conv(self.out_features, 1, name='conv3')(y)
-    y = layers.norm(train, name='bn3')(y)
-    if self.stride != 1 or x.shape[-1] != self.out_features:
-      x = Downsample(
-        self.out_features, self.stride, self.dtype, self.param_dtype, name='downsample'
-      )(x, train)
-    return nn.relu(x + y)
+  def convs(self) -> tuple[tuple[int, int, int], ...]:
+    return (self.planes, 1, 1), (self.planes, 3, self.stride), (self.out_features, 1, 1)
 
 
 class ResNetStage(nn.Module):
@@ -340,48 +342,20 @@ class ResNet(nn.Module):
     taps['pooled'] = global_avg_pool(x.astype(jnp.promote_types(x.dtype, jnp.float32)))
     if self.num_classes is not None:
       kernel_init, bias_init = torch_linear_init(x.shape[-1])
-      logits = nn.Dense(
-        self.num_classes,
-        kernel_init=kernel_init,
-        bias_init=bias_init,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        name='fc',
-      )(global_avg_pool(x))
-      taps['logits'] = logits.astype(jnp.float32)
+      fc = linear(self.num_classes, self.dtype, self.param_dtype, 'fc', kernel_init, bias_init)
+      taps['logits'] = fc(global_avg_pool(x)).astype(jnp.float32)
     return taps
 
 
-def create_resnet(
-  name: str,
-  width: float = 1.0,
-  dtype: Dtype = jnp.float32,
-  param_dtype: Dtype = jnp.float32,
-  num_classes: int | None = None,
-  module_name: str | None = None,
-  depth: float = 1.0,
-) -> ResNet:
-  """A `ResNet` by torchvision name ('resnet18', ..., 'resnet152').
+def resnet_fields(name: str, width: float, depth: float) -> dict[str, Any]:
+  """`ResNet`'s fields for torchvision's 'resnet18', ..., 'resnet152' (`backbone.creator`).
 
-  Args:
-    name: the architecture.
-    width: channel multiplier.
-    dtype: compute dtype.
-    param_dtype: parameter dtype.
-    num_classes: if set, include torchvision's `fc` classifier.
-    module_name: the Flax module name (e.g. 'backbone'); None = automatic.
-    depth: block multiplier of every stage (`scale_blocks`; 1.0 = torchvision).
-
-  Returns:
-    The (unbound) module.
+  `width` multiplies every channel count, `depth` the blocks of every stage
+  (`scale_blocks`; 1.0 = torchvision).
   """
   spec = RESNET_SPECS[name]
-  return ResNet(
-    block=spec.block,
-    stage_sizes=tuple(scale_blocks(n, depth) for n in spec.stage_sizes),
-    width=width,
-    num_classes=num_classes,
-    dtype=dtype,
-    param_dtype=param_dtype,
-    name=module_name,
-  )
+  stage_sizes = tuple(scale_blocks(n, depth) for n in spec.stage_sizes)
+  return {'block': spec.block, 'stage_sizes': stage_sizes, 'width': width}
+
+
+create_resnet = creator(ResNet, resnet_fields)

@@ -58,6 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxattr.models.backbone import creator, linear
 from jaxattr.models.resnet import scale_blocks, torch_linear_init
 
 Array = jax.Array
@@ -216,14 +217,7 @@ def _layer_norm(dtype: Dtype, param_dtype: Dtype, name: str, epsilon: float = LN
 
 
 def _dense(features: int, dtype: Dtype, param_dtype: Dtype, name: str, use_bias: bool = True):
-  return nn.Dense(
-    features,
-    use_bias=use_bias,
-    kernel_init=linear_init,
-    dtype=dtype,
-    param_dtype=param_dtype,
-    name=name,
-  )
+  return linear(features, dtype, param_dtype, name, linear_init, use_bias=use_bias)
 
 
 class WindowAttention(nn.Module):
@@ -461,54 +455,28 @@ class Swin(nn.Module):
     pooled = jnp.mean(k2.astype(jnp.promote_types(k2.dtype, jnp.float32)), axis=(1, 2))
     out = {'k1': k1, 'k2': k2, 'pooled': pooled}
     if self.num_classes is not None:
-      logits = nn.Dense(
-        self.num_classes,
-        kernel_init=linear_init,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        name='head',
-      )(out['pooled'])
+      logits = _dense(self.num_classes, self.dtype, self.param_dtype, 'head')(out['pooled'])
       out['logits'] = logits.astype(jnp.float32)
     return out
 
 
-def create_swin(
-  name: str,
-  width: float = 1.0,
-  dtype: Dtype = jnp.float32,
-  param_dtype: Dtype = jnp.float32,
-  num_classes: int | None = None,
-  module_name: str | None = None,
-  stochastic_depth_prob: float = 0.0,
-  depth: float = 1.0,
-) -> Swin:
-  """A `Swin` by torchvision name ('swin_t', 'swin_s', 'swin_b').
+def swin_fields(name: str, width: float, depth: float) -> dict[str, Any]:
+  """`Swin`'s fields for torchvision's 'swin_t', 'swin_s', 'swin_b' (`backbone.creator`).
 
-  Args:
-    name: the architecture.
-    width: multiplier of the channels per head (1.0 = torchvision).
-    dtype: compute dtype.
-    param_dtype: parameter dtype.
-    num_classes: if set, include torchvision's `head` classifier.
-    module_name: the Flax module name (e.g. 'backbone'); None = automatic.
-    stochastic_depth_prob: drop rate of the last block in training (0 = off;
-      torchvision's ImageNet rates are in `SWIN_SPECS`).
-    depth: block multiplier of every stage, in pairs (1.0 = torchvision).
-
-  Returns:
-    The (unbound) module.
+  `width` multiplies the channels per head, `depth` the blocks of every stage, in
+  pairs (1.0 = torchvision). The option `stochastic_depth_prob` is the drop rate of
+  the last block in training (0 = off; torchvision's ImageNet rates are in
+  `SWIN_SPECS`).
   """
   spec = SWIN_SPECS[name]
-  return Swin(
-    embed_dim=swin_embed_dim(spec, width),
-    depths=tuple(2 * scale_blocks(n // 2, depth) for n in spec.depths),
-    num_heads=spec.num_heads,
-    num_classes=num_classes,
-    stochastic_depth_prob=stochastic_depth_prob,
-    dtype=dtype,
-    param_dtype=param_dtype,
-    name=module_name,
-  )
+  return {
+    'embed_dim': swin_embed_dim(spec, width),
+    'depths': tuple(2 * scale_blocks(n // 2, depth) for n in spec.depths),
+    'num_heads': spec.num_heads,
+  }
+
+
+create_swin = creator(Swin, swin_fields)
 
 
 def adapt_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:

@@ -57,6 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxattr.models.backbone import creator, linear
 from jaxattr.models.resnet import scale_blocks, scale_channels, torch_linear_init
 
 Array = jax.Array
@@ -159,13 +160,7 @@ class SelfAttention(nn.Module):
     y = jnp.einsum('bhqk,bkhc->bqhc', probs, v).reshape(b, n, d)
     # torch's out_proj keeps nn.Linear's default weight init and zeroes the bias.
     kernel_init, _ = torch_linear_init(d)
-    return nn.Dense(
-      d,
-      kernel_init=kernel_init,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      name='out_proj',
-    )(y)
+    return linear(d, self.dtype, self.param_dtype, 'out_proj', kernel_init)(y)
 
 
 class MLPBlock(nn.Module):
@@ -179,15 +174,10 @@ class MLPBlock(nn.Module):
   def __call__(self, x: Array) -> Array:
     d = x.shape[-1]
     # torchvision: xavier_uniform_ weights, biases N(0, 1e-6).
-    dense = dict(
-      kernel_init=nn.initializers.xavier_uniform(),
-      bias_init=nn.initializers.normal(1e-6),
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-    )
-    x = nn.Dense(self.mlp_dim, name='0', **dense)(x)
+    inits = (nn.initializers.xavier_uniform(), nn.initializers.normal(1e-6))
+    x = linear(self.mlp_dim, self.dtype, self.param_dtype, '0', *inits)(x)
     x = nn.gelu(x, approximate=False)
-    return nn.Dense(d, name='3', **dense)(x)
+    return linear(d, self.dtype, self.param_dtype, '3', *inits)(x)
 
 
 class EncoderBlock(nn.Module):
@@ -366,13 +356,7 @@ class Heads(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    return nn.Dense(
-      self.num_classes,
-      kernel_init=nn.initializers.zeros,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      name='head',
-    )(x)
+    return linear(self.num_classes, self.dtype, self.param_dtype, 'head', nn.initializers.zeros)(x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -409,43 +393,25 @@ def vit_tap_channels(name: str, width: float = 1.0) -> tuple[int, int]:
   return d, d
 
 
-def create_vit(
-  name: str,
-  width: float = 1.0,
-  dtype: Dtype = jnp.float32,
-  param_dtype: Dtype = jnp.float32,
-  num_classes: int | None = None,
-  module_name: str | None = None,
-  depth: float = 1.0,
-) -> VisionTransformer:
-  """A `VisionTransformer` by torchvision name ('vit_b_16').
+def vit_fields(name: str, width: float, depth: float) -> dict[str, Any]:
+  """`VisionTransformer`'s fields for torchvision's 'vit_b_16' (`backbone.creator`).
 
-  Args:
-    name: the architecture.
-    width: multiplier of the head dimension and MLP width (1.0 = torchvision).
-    dtype: compute dtype.
-    param_dtype: parameter dtype.
-    num_classes: if set, include torchvision's `heads.head`.
-    module_name: the Flax module name (e.g. 'backbone'); None = automatic.
-    depth: block multiplier (`resnet.scale_blocks`; 1.0 = torchvision's 12); `k1`
-      stays two thirds of the way through.
-
-  Returns:
-    The (unbound) module.
+  `width` multiplies the head dimension and the MLP width, `depth` the blocks
+  (`resnet.scale_blocks`; 1.0 = torchvision's 12); `k1` stays two thirds of the
+  way through.
   """
   spec = VIT_SPECS[name]
   layers = scale_blocks(spec.num_layers, depth)
-  return VisionTransformer(
-    patch_size=spec.patch_size,
-    num_layers=layers,
-    num_heads=spec.num_heads,
-    head_dim=spec.head_dim,
-    mlp_dim=spec.mlp_dim,
-    image_size=spec.image_size,
-    tap_after=max(1, (2 * layers) // 3),
-    width=width,
-    num_classes=num_classes,
-    dtype=dtype,
-    param_dtype=param_dtype,
-    name=module_name,
-  )
+  return {
+    'patch_size': spec.patch_size,
+    'num_layers': layers,
+    'num_heads': spec.num_heads,
+    'head_dim': spec.head_dim,
+    'mlp_dim': spec.mlp_dim,
+    'image_size': spec.image_size,
+    'tap_after': max(1, (2 * layers) // 3),
+    'width': width,
+  }
+
+
+create_vit = creator(VisionTransformer, vit_fields)

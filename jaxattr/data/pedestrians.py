@@ -1,4 +1,4 @@
-"""The painter of the synthetic pedestrian dataset: scenes, labels and cue boxes.
+"""The synthetic pedestrian dataset: drawn person crops, their labels and cue boxes.
 
 Pure numpy and PIL (no TensorFlow): `jaxattr.data.synthetic` wraps it in a TFDS
 builder, and benchmarks or tests can draw examples without TFDS.
@@ -9,19 +9,16 @@ class imbalance of WIDER-Attribute, small cues whose position varies with the
 figure's size, position and lean, background clutter with look-alike cues placed
 outside the figure, occluders, and ~10% of labels hidden as unknown. No spatial
 annotation reaches the model, but since we draw the cues we know where each one is
-(`cue_boxes`), so attention maps can be scored (pointing game).
-
-Each example is a pure function of (seed, split, index): it draws from
-`numpy.random.default_rng([seed, split_id, index])`, so examples are independent
-of generation order and a config's splits are prefixes of a larger config's.
+(`cue_boxes`), so attention maps can be scored (pointing game). The canvas, the
+per-example generators and the stored example are `jaxattr.data.canvas`'s.
 
 Difficulty knobs live together below (`CUE_SCALE`, `DISTRACTOR_RATE`,
 `OCCLUDER_RATE`, ...) so they can be tuned without touching the drawing code.
 
-Design rule of the cues (version 1.1.0; issue 15). A crop (96-192 px tall, width
-0.35-0.6 of its height) reaches the model resized to a square, 112x112 in the
-demo: about 0.6-1.2x vertically and 1.7-2.9x horizontally, so the vertical size of
-a cue is the one that can get too small.
+Design rule of the cues. A crop (96-192 px tall, width 0.35-0.6 of its height)
+reaches the model resized to a square, 112x112 in the demo: about 0.6-1.2x
+vertically and 1.7-2.9x horizontally, so the vertical size of a cue is the one
+that can get too small.
 (1) Every cue is at least ~4 px tall and ~10 px wide at 112 px for a full-body
     figure (figure height ~95 px): sunglasses 0.044-0.052 of the figure height
     (4-5 px), logos 0.065-0.085 (6-8 px), face masks 0.06-0.07 (6-7 px), stripes
@@ -29,44 +26,34 @@ a cue is the one that can get too small.
 (2) The rare local cues stay small against the crop, so that global average
     pooling dilutes them (the regime the paper's attention is for): the median box
     of sunglasses, logos and face masks covers under 2 % of the crop's area
-    (0.8 %, 1.0 % and 1.9 % in `cue_size_audit()`); upper-body crops, whose heads
-    are larger, reach 2.5-6 % at the 90th percentile.
+    (0.8 %, 1.0 % and 1.9 %, `experiments/cue_size_audit.py`); upper-body crops,
+    whose heads are larger, reach 2.5-6 % at the 90th percentile.
 (3) Every cue is decidable from the pixels: no cue shares its place, shape and
     colour with another attribute's (no dark face masks, which look like beards;
     hats contrast with the hair).
-Version 1.0.0 broke (1) for sunglasses (3.5 px tall) and logos (4.5 px at the
-10th percentile) and (3) for dark masks and hair-coloured hats; faceMask,
-sunglass and Hat had the demo's lowest APs (12, 38, 49).
 """
 
-import colorsys
 import dataclasses
-import io
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import ImageDraw
 
-# The 14 WIDER-Attribute attributes, same names and order as the real dataset
-# (`jaxattr.data.wider.ATTRIBUTE_NAMES`, which imports TFDS; a test keeps them equal).
-ATTRIBUTES = (
-  'Male',
-  'longHair',
-  'sunglass',
-  'Hat',
-  'Tshirt',
-  'longSleeve',
-  'formal',
-  'shorts',
-  'jeans',
-  'longPants',
-  'skirt',
-  'faceMask',
-  'logo',
-  'stripe',
+from jaxattr.data.canvas import (
+  Drawing,
+  Uniforms,
+  background,
+  clutter,
+  example_rngs,
+  hsv,
+  normalise,
+  overlaps,
+  to_example,
 )
+from jaxattr.data.wider_names import ATTRIBUTE_NAMES as ATTRIBUTES
+
 # Positive ratios of the WIDER-Attribute train split, same order.
 POSITIVE_RATIOS = (
   0.563,
@@ -86,7 +73,6 @@ POSITIVE_RATIOS = (
 )
 NUM_CLASSES = len(ATTRIBUTES)
 _IDX = {name: i for i, name in enumerate(ATTRIBUTES)}
-SPLIT_IDS = {'train': 0, 'validation': 1, 'test': 2}
 
 # --- Difficulty knobs ---------------------------------------------------------
 CUE_SCALE = 1.0  # Multiplies the size of the small cues (glasses, mask, logo, tie, stripes).
@@ -94,22 +80,12 @@ DISTRACTOR_RATE = 0.3  # Fraction of images with look-alike cues outside the fig
 MAX_DISTRACTORS = 3  # 1..MAX_DISTRACTORS of them when present.
 OCCLUDER_RATE = 0.12  # Fraction of images with a box covering part of the figure.
 UNKNOWN_RATE = 0.1  # Fraction of label entries hidden as unknown (-1), as in WIDER.
-NOISE_AMPLITUDE = (4.0, 16.0)  # Range of the background texture amplitude (grey levels).
-JPEG_QUALITY = 90
 # Crop geometry, like real person crops.
 CROP_HEIGHT = (96, 192)
 CROP_ASPECT = (0.35, 0.6)  # width / height.
 # When no lower-body garment is labelled, how the legs are explained: an
 # upper-body crop, a long coat/dress, or legs hidden behind an object.
 NO_LOWER_MODES = (('half_body', 0.6), ('coat', 0.2), ('legs_hidden', 0.2))
-
-_NOISE_BANK_SIZE = 256
-# Fixed texture bank: examples take a random window of it, which is much cheaper
-# than drawing per-pixel noise for every image and still deterministic.
-_NOISE_BANK = (
-  np.random.default_rng(20180908).standard_normal((_NOISE_BANK_SIZE, _NOISE_BANK_SIZE, 3))
-).astype(np.float32)
-_NOISE_BANK = (_NOISE_BANK + np.roll(_NOISE_BANK, 1, axis=0) + np.roll(_NOISE_BANK, 1, axis=1)) / 3
 
 _SKIN_TONES = (
   (255, 224, 196),
@@ -128,64 +104,6 @@ _HAIR_COLOURS = (
   (130, 50, 25),
 )
 _DARK = (22, 22, 26)
-
-
-class Drawing(NamedTuple):
-  """One drawn example before any label is hidden.
-
-  Attributes:
-    image: uint8 [H, W, 3] crop.
-    labels: int8 [C], 1 = present, 0 = absent.
-    cue_boxes: float32 [C, 4], normalised [ymin, xmin, ymax, xmax] of each present
-      cue, zeros for absent attributes.
-    distractor_boxes: float32 [D, 4], normalised boxes of look-alike cues drawn
-      outside the figure (D = 0 for most images).
-  """
-
-  image: np.ndarray
-  labels: np.ndarray
-  cue_boxes: np.ndarray
-  distractor_boxes: np.ndarray
-
-
-class _Uniforms:
-  """Uniform numbers drawn from a Generator in blocks.
-
-  One vectorised call per block instead of one call per number keeps the Python
-  overhead of a few hundred draws per image small; the sequence is still a pure
-  function of the generator's state.
-  """
-
-  def __init__(self, rng: np.random.Generator, block: int = 128):
-    self._rng = rng
-    self._block = block
-    self._buf: list[float] = []
-    self._pos = 0
-
-  def __call__(self, lo: float = 0.0, hi: float = 1.0) -> float:
-    if self._pos >= len(self._buf):
-      self._buf = self._rng.random(self._block).tolist()
-      self._pos = 0
-    x = self._buf[self._pos]
-    self._pos += 1
-    return lo + (hi - lo) * x
-
-  def chance(self, p: float) -> bool:
-    return self() < p
-
-  def index(self, n: int) -> int:
-    return min(int(self() * n), n - 1)
-
-  def pick(self, seq: Sequence[Any]) -> Any:
-    return seq[self.index(len(seq))]
-
-  def weighted(self, weights: Sequence[float]) -> int:
-    x = self() * sum(weights)
-    for i, w in enumerate(weights):
-      x -= w
-      if x < 0:
-        return i
-    return len(weights) - 1
 
 
 # --- Labels -------------------------------------------------------------------
@@ -285,33 +203,29 @@ def hide_labels(
 
 
 # --- Colours ------------------------------------------------------------------
-def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
-  r, g, b = colorsys.hsv_to_rgb(h % 1.0, s, v)
-  return int(r * 255), int(g * 255), int(b * 255)
-
-
-def _cloth(u: _Uniforms, avoid_blue: bool = False) -> tuple[int, int, int]:
+def _cloth(u: Uniforms, avoid_blue: bool = False) -> tuple[int, int, int]:
   """A garment colour: saturated, pastel, or grey-ish."""
   h = u()
   if avoid_blue and 0.53 < h < 0.7:
     h += 0.2
   kind = u()
   if kind < 0.3:
-    return _hsv(h, u(0.0, 0.12), u(0.12, 0.9))  # black / grey / white
+    return hsv(h, u(0.0, 0.12), u(0.12, 0.9))  # black / grey / white
   if kind < 0.65:
-    return _hsv(h, u(0.45, 0.9), u(0.35, 0.9))
-  return _hsv(h, u(0.15, 0.45), u(0.5, 0.95))
+    return hsv(h, u(0.45, 0.9), u(0.35, 0.9))
+  return hsv(h, u(0.15, 0.45), u(0.5, 0.95))
 
 
-def _contrast(colour: tuple[int, int, int], u: _Uniforms) -> tuple[int, int, int]:
+def _contrast(colour: tuple[int, int, int], u: Uniforms) -> tuple[int, int, int]:
   """A colour that stands out on `colour` (for emblems and stripes)."""
   lum = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
   v = u(0.05, 0.3) if lum > 120 else u(0.75, 1.0)
-  return _hsv(u(), u(0.0, 0.9), v)
+  return hsv(u(), u(0.0, 0.9), v)
 
 
 def _jitter(colour: tuple[int, int, int], amount: float) -> tuple[int, int, int]:
   return tuple(int(max(0, min(255, c + amount))) for c in colour)
+
 
 
 # --- Geometry -----------------------------------------------------------------
@@ -349,51 +263,13 @@ def _union(*boxes: tuple[float, float, float, float]) -> tuple[float, float, flo
   )
 
 
-def _overlaps(a, b) -> bool:
-  return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-
-
-def _normalise(box, width: int, height: int) -> list[float]:
-  """Pixel (x0, y0, x1, y1) -> normalised [ymin, xmin, ymax, xmax] clipped to the image."""
-  x0, y0, x1, y1 = box
-  return [
-    min(max(y0 / height, 0.0), 1.0),
-    min(max(x0 / width, 0.0), 1.0),
-    min(max(y1 / height, 0.0), 1.0),
-    min(max(x1 / width, 0.0), 1.0),
-  ]
-
-
 def _ellipse_box(fig: _Figure, u: float, v: float, hu: float, hv: float):
   x, y = fig.p(u, v)
   return (x - hu * fig.h, y - hv * fig.h, x + hu * fig.h, y + hv * fig.h)
 
 
 # --- Drawing ------------------------------------------------------------------
-def _background(u: _Uniforms, width: int, height: int) -> Image.Image:
-  """Muted base colour, vertical gradient and a window of the texture bank."""
-  base = np.array(_hsv(u(), u(0.05, 0.45), u(0.3, 0.85)), np.float32)
-  tint = np.array(_hsv(u(), u(0.05, 0.45), u(0.3, 0.85)), np.float32)
-  ramp = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
-  img = base + (tint - base) * ramp * u(0.0, 0.8)
-  y0 = u.index(_NOISE_BANK_SIZE - height)
-  x0 = u.index(_NOISE_BANK_SIZE - width)
-  img = img + u(*NOISE_AMPLITUDE) * _NOISE_BANK[y0 : y0 + height, x0 : x0 + width]
-  return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-
-
-def _clutter(draw: ImageDraw.ImageDraw, u: _Uniforms, width: int, height: int):
-  """Low-contrast rectangles and lines: walls, windows, poles."""
-  for _ in range(2 + u.index(4)):
-    x0, y0 = u(-0.2, 1.0) * width, u(-0.2, 1.0) * height
-    w, h = u(0.1, 0.7) * width, u(0.05, 0.5) * height
-    draw.rectangle((x0, y0, x0 + w, y0 + h), fill=_hsv(u(), u(0.0, 0.3), u(0.25, 0.85)))
-  for _ in range(u.index(3)):
-    x = u(0, width)
-    draw.line((x, 0, x + u(-5, 5), height), fill=_hsv(u(), u(0.0, 0.3), u(0.2, 0.8)), width=1)
-
-
-def _draw_emblem(draw, u: _Uniforms, cx: float, cy: float, size: float, colour) -> tuple:
+def _draw_emblem(draw, u: Uniforms, cx: float, cy: float, size: float, colour) -> tuple:
   """A logo-like shape centred at (cx, cy); returns its pixel box."""
   r = size / 2
   kind = u.index(4)
@@ -422,7 +298,7 @@ def _draw_stripes(draw, x0, y0, x1, y1, period: float, colour, half_widths=None)
     y += period
 
 
-def _distractors(draw, u: _Uniforms, fh: float, width: int, height: int, avoid) -> list[tuple]:
+def _distractors(draw, u: Uniforms, fh: float, width: int, height: int, avoid) -> list[tuple]:
   """Look-alike cues (emblems, stripes, dark bands, light patches) outside the figure."""
   boxes = []
   for _ in range(1 + u.index(MAX_DISTRACTORS)):
@@ -443,24 +319,24 @@ def _distractors(draw, u: _Uniforms, fh: float, width: int, height: int, avoid) 
       box = (x0, y0, x0 + w, y0 + h)
       # One pixel of margin: rasterised shapes may cover the pixel their box ends in.
       grown = (x0 - 1, y0 - 1, x0 + w + 1, y0 + h + 1)
-      if not any(_overlaps(grown, b) for b in avoid + boxes):
+      if not any(overlaps(grown, b) for b in avoid + boxes):
         break
     else:
       continue
     if kind == 0:
-      _draw_emblem(draw, u, x0 + w / 2, y0 + h / 2, w, _hsv(u(), u(0.3, 1.0), u(0.3, 1.0)))
+      _draw_emblem(draw, u, x0 + w / 2, y0 + h / 2, w, hsv(u(), u(0.3, 1.0), u(0.3, 1.0)))
     elif kind == 1:
       period = u(0.035, 0.055) * fh
-      _draw_stripes(draw, x0, y0, x0 + w, y0 + h, period, _hsv(u(), u(0, 1), u(0.1, 1)))
+      _draw_stripes(draw, x0, y0, x0 + w, y0 + h, period, hsv(u(), u(0, 1), u(0.1, 1)))
     elif kind == 2:
       draw.rectangle(box, fill=_jitter(_DARK, u(0, 30)))
     else:
-      draw.rounded_rectangle(box, radius=h / 3, fill=_hsv(u(), u(0.0, 0.3), u(0.75, 1.0)))
+      draw.rounded_rectangle(box, radius=h / 3, fill=hsv(u(), u(0.0, 0.3), u(0.75, 1.0)))
     boxes.append(box)
   return boxes
 
 
-def _crop_geometry(u: _Uniforms, half_body: bool, shoulder: float):
+def _crop_geometry(u: Uniforms, half_body: bool, shoulder: float):
   """Crop size and figure placement; returns (width, height, figure)."""
   height = CROP_HEIGHT[0] + u.index(CROP_HEIGHT[1] - CROP_HEIGHT[0] + 1)
   lo, hi = CROP_ASPECT
@@ -542,7 +418,7 @@ class _Recorder:
 class _Scene:
   """What the body-part painters share while drawing one figure."""
 
-  u: _Uniforms
+  u: Uniforms
   fig: _Figure
   draw: _Recorder
   y: dict[str, bool]
@@ -590,7 +466,7 @@ def _paint_lower(sc: _Scene) -> None:
     v_end = u(0.93, 0.955) if y['longPants'] else u(0.63, 0.7)
     colour = lower_colour
     if y['jeans']:
-      colour = _hsv(u(0.58, 0.63), u(0.4, 0.65), u(0.45, 0.75))
+      colour = hsv(u(0.58, 0.63), u(0.4, 0.65), u(0.45, 0.75))
     parts = [hips, leg(-1, 0.5, v_end, 0.008), leg(1, 0.5, v_end, 0.008)]
     for part in parts:
       draw.polygon(part, fill=colour)
@@ -656,13 +532,13 @@ def _paint_torso(sc: _Scene) -> None:
     sc.boxes['stripe'] = _bbox(fig.poly([(lu, v0), (ru, v0), (lu, v1), (ru, v1)]))
   if y['formal']:
     collar = fig.poly([(-0.04, 0.165), (0.0, 0.215), (0.04, 0.165)])
-    draw.polygon(collar, fill=_hsv(u(), u(0, 0.1), u(0.85, 1.0)))
+    draw.polygon(collar, fill=hsv(u(), u(0, 0.1), u(0.85, 1.0)))
     tw = u(0.012, 0.018) * cs
     end = u(0.32, 0.38)
     tie = fig.poly(
       [(-tw * 0.6, 0.19), (tw * 0.6, 0.19), (tw, end - 0.02), (0, end), (-tw, end - 0.02)]
     )
-    draw.polygon(tie, fill=_hsv(u(), u(0.5, 1.0), u(0.2, 0.8)))
+    draw.polygon(tie, fill=hsv(u(), u(0.5, 1.0), u(0.2, 0.8)))
     sc.boxes['formal'] = _union(_bbox(collar), _bbox(tie))
   if y['logo']:
     size = u(0.065, 0.085) * cs * fh
@@ -759,7 +635,7 @@ def _paint_head(sc: _Scene) -> None:
     x0, yc = fig.p(-hu * 0.95, eye_v)
     x1, _ = fig.p(hu * 0.95, eye_v)
     box = (x0, yc - half_h, x1, yc + half_h)
-    lens = _jitter(_DARK, u(0, 25)) if u.chance(0.85) else _hsv(u(0.45, 0.7), 0.5, u(0.6, 0.9))
+    lens = _jitter(_DARK, u(0, 25)) if u.chance(0.85) else hsv(u(0.45, 0.7), 0.5, u(0.6, 0.9))
     draw.rounded_rectangle(box, radius=half_h * 0.5, fill=lens)
     sc.boxes['sunglass'] = box
   if y['faceMask']:
@@ -819,7 +695,7 @@ def draw_example(rng: np.random.Generator) -> Drawing:
   """
   labels = sample_labels(rng)
   y = {a: bool(labels[i]) for i, a in enumerate(ATTRIBUTES)}
-  u = _Uniforms(rng)
+  u = Uniforms(rng)
   male = y['Male']
   no_lower_mode = None
   if not (y['shorts'] or y['skirt'] or y['longPants']):
@@ -832,16 +708,16 @@ def draw_example(rng: np.random.Generator) -> Drawing:
   waist = u(0.08, 0.095) if male else u(0.07, 0.09)
   width, height, fig = _crop_geometry(u, no_lower_mode == 'half_body', shoulder)
 
-  img = _background(u, width, height)
+  img = background(u, width, height)
   draw = ImageDraw.Draw(img)
-  _clutter(draw, u, width, height)
+  clutter(draw, u, width, height)
   if no_lower_mode != 'half_body':  # Ground under the feet.
     ground_y = fig.p(0, 0.97)[1]
-    draw.rectangle((0, ground_y, width, height), fill=_hsv(u(), u(0, 0.3), u(0.2, 0.6)))
+    draw.rectangle((0, ground_y, width, height), fill=hsv(u(), u(0, 0.3), u(0.2, 0.6)))
 
   top_colour = _cloth(u)
   if y['formal'] and u.chance(0.7):
-    top_colour = _hsv(u(), u(0, 0.4), u(0.1, 0.35))  # A dark suit.
+    top_colour = hsv(u(), u(0, 0.4), u(0.1, 0.35))  # A dark suit.
   scene = _Scene(
     u=u,
     fig=fig,
@@ -870,89 +746,19 @@ def draw_example(rng: np.random.Generator) -> Drawing:
     distractors = _distractors(draw, u, fig.h, width, height, avoid)
   if no_lower_mode == 'legs_hidden':  # A bench or a car bonnet in front of the legs.
     oy = fig.p(0, u(0.52, 0.6))[1]
-    draw.rectangle((0, oy, width, height), fill=_hsv(u(), u(0.0, 0.7), u(0.2, 0.8)))
-    draw.line((0, oy, width, oy), fill=_hsv(u(), u(0.0, 0.5), u(0.1, 0.9)), width=2)
+    draw.rectangle((0, oy, width, height), fill=hsv(u(), u(0.0, 0.7), u(0.2, 0.8)))
+    draw.line((0, oy, width, oy), fill=hsv(u(), u(0.0, 0.5), u(0.1, 0.9)), width=2)
   if u.chance(OCCLUDER_RATE):
     ow, oh = u(0.2, 0.45) * width, u(0.15, 0.4) * height
     ox = 0 if u.chance(0.5) else width - ow
     oy = u(0.1, 0.9) * (height - oh)
-    draw.rectangle((ox, oy, ox + ow, oy + oh), fill=_hsv(u(), u(0.0, 0.7), u(0.15, 0.9)))
+    draw.rectangle((ox, oy, ox + ow, oy + oh), fill=hsv(u(), u(0.0, 0.7), u(0.15, 0.9)))
 
   cue_boxes = np.zeros((NUM_CLASSES, 4), np.float32)
   for name, box in scene.boxes.items():
-    cue_boxes[_IDX[name]] = _normalise(box, width, height)
-  distractor_boxes = np.array([_normalise(b, width, height) for b in distractors], np.float32)
+    cue_boxes[_IDX[name]] = normalise(box, width, height)
+  distractor_boxes = np.array([normalise(b, width, height) for b in distractors], np.float32)
   return Drawing(np.asarray(img), labels, cue_boxes, distractor_boxes.reshape(-1, 4))
-
-
-def cue_size_audit(
-  num_examples: int = 1500, size: int = 112, split: str = 'train', seed: int = 0
-) -> dict[str, dict[str, float]]:
-  """How large each attribute's cue is once the crop is resized to size x size.
-
-  The numbers behind the design rule of the module docstring (print them with
-  `python -c "from jaxattr.data import painter; print(painter.cue_size_audit())"`).
-
-  Args:
-    num_examples: examples drawn (the first of `split`).
-    size: the model's input side (the demo's 112).
-    split: which split's examples.
-    seed: dataset seed.
-
-  Returns:
-    Per attribute: `positives`, the median and 10th percentile of the cue box's
-    height in pixels (`height_px`, `height_px_p10`), its median width in pixels
-    (`width_px`, after the horizontal stretch to a square), and the median and 90th
-    percentile of its share of the crop's area (`area`, `area_p90`, fractions).
-  """
-  boxes: dict[str, list[np.ndarray]] = {a: [] for a in ATTRIBUTES}
-  for index in range(num_examples):
-    drawing = draw_example(example_rngs(split, index, seed)[0])
-    for c, name in enumerate(ATTRIBUTES):
-      if drawing.labels[c] == 1:
-        boxes[name].append(drawing.cue_boxes[c])
-  out = {}
-  for name, rows in boxes.items():
-    b = np.array(rows, np.float64).reshape(-1, 4)
-    height, width = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
-    area = height * width
-    out[name] = {
-      'positives': len(b),
-      'height_px': float(np.median(height) * size) if len(b) else float('nan'),
-      'height_px_p10': float(np.percentile(height, 10) * size) if len(b) else float('nan'),
-      'width_px': float(np.median(width) * size) if len(b) else float('nan'),
-      'area': float(np.median(area)) if len(b) else float('nan'),
-      'area_p90': float(np.percentile(area, 90)) if len(b) else float('nan'),
-    }
-  return out
-
-
-def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
-  """JPEG bytes of a uint8 [H, W, 3] image."""
-  buf = io.BytesIO()
-  Image.fromarray(image).save(buf, format='JPEG', quality=quality)
-  return buf.getvalue()
-
-
-def example_rngs(
-  split: str, index: int, seed: int = 0
-) -> tuple[np.random.Generator, np.random.Generator]:
-  """The two independent generators of one example: (drawing, hiding labels).
-
-  `draw_example(example_rngs(split, index, seed)[0])` redraws a stored example,
-  e.g. to get its distractor boxes.
-
-  Args:
-    split: 'train', 'validation' or 'test'.
-    index: position in the split.
-    seed: dataset seed.
-
-  Returns:
-    (rng for `draw_example`, rng for `hide_labels`).
-  """
-  root = np.random.default_rng([seed, SPLIT_IDS[split], index])
-  draw_rng, hide_rng = root.spawn(2)
-  return draw_rng, hide_rng
 
 
 def generate(split: str, index: int, seed: int = 0, encode: bool = True) -> dict[str, Any]:
@@ -970,13 +776,7 @@ def generate(split: str, index: int, seed: int = 0, encode: bool = True) -> dict
   """
   draw_rng, hide_rng = example_rngs(split, index, seed)
   drawing = draw_example(draw_rng)
-  return {
-    'image': encode_jpeg(drawing.image) if encode else drawing.image,
-    'labels': hide_labels(drawing.labels, hide_rng),
-    'index': index,
-    'image_id': f'{split}_{index:07d}',
-    'cue_boxes': drawing.cue_boxes,
-  }
+  return to_example(drawing, hide_labels(drawing.labels, hide_rng), split, index, encode)
 
 
 def generate_range(split: str, num_examples: int, seed: int) -> Iterator[dict[str, Any]]:
@@ -995,140 +795,3 @@ def generate_range(split: str, num_examples: int, seed: int) -> Iterator[dict[st
   """
   for index in range(num_examples):
     yield generate(split, index, seed)
-
-
-# --- Cues: the controlled localisation task ------------------------------------------
-# `synthetic_attributes/cues` (experiments/localisation.py): square images of
-# textured clutter with a few small coloured shapes. Each attribute is one (shape,
-# colour) conjunction and is present exactly when that shape is drawn in that
-# colour, so the cue alone decides the label and its box is where to look. The
-# other shapes on the image are distractors: every one shares its colour with one
-# attribute and its shape with another (the colour alone or the shape alone never
-# decides). Positive ratios are imbalanced, from common to rare.
-CUE_SHAPES = ('disc', 'square', 'triangle', 'diamond')
-CUE_COLOURS = {
-  'red': (220, 40, 40),
-  'blue': (40, 80, 230),
-  'green': (40, 190, 60),
-  'yellow': (235, 215, 40),
-}
-# (attribute name = colour_shape, positive ratio).
-CUE_ATTRIBUTES = (
-  ('red_disc', 0.4),
-  ('blue_square', 0.25),
-  ('green_triangle', 0.15),
-  ('yellow_diamond', 0.1),
-  ('red_square', 0.06),
-  ('blue_disc', 0.04),
-)
-CUE_NAMES = tuple(name for name, _ in CUE_ATTRIBUTES)
-CUE_SIZE = (0.075, 0.1)  # Side of a cue, as a fraction of the image side (0.6-1 % of its area).
-CUE_DISTRACTORS = (2, 5)  # Distractor shapes per image (inclusive range).
-CUE_COLOUR_JITTER = 25  # Grey levels of per-channel jitter on every shape's colour.
-
-
-def _draw_cue_shape(draw, kind: str, box, colour) -> None:
-  x0, y0, x1, y1 = box
-  cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-  if kind == 'disc':
-    draw.ellipse(box, fill=colour)
-  elif kind == 'square':
-    draw.rectangle(box, fill=colour)
-  elif kind == 'triangle':
-    draw.polygon([(cx, y0), (x1, y1), (x0, y1)], fill=colour)
-  else:
-    draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=colour)
-
-
-def draw_cues_example(
-  rng: np.random.Generator,
-  size: int = 112,
-  ratios: Sequence[float] | None = None,
-  cue_size: tuple[float, float] = CUE_SIZE,
-  distractors: tuple[int, int] = CUE_DISTRACTORS,
-) -> Drawing:
-  """Draws one image of the controlled localisation task (see `CUE_ATTRIBUTES`).
-
-  Args:
-    rng: the example's generator (consumed).
-    size: side of the square image in pixels.
-    ratios: positive ratio per attribute; default those of `CUE_ATTRIBUTES`.
-    cue_size: range of a shape's side, as a fraction of `size`.
-    distractors: inclusive range of the number of distractor shapes.
-
-  Returns:
-    A `Drawing` over the attributes of `CUE_NAMES` (image, labels, cue boxes,
-    distractor boxes).
-  """
-  u = _Uniforms(rng)
-  num = len(CUE_ATTRIBUTES)
-  if ratios is None:
-    ratios = [p for _, p in CUE_ATTRIBUTES]
-  labels = np.array([u.chance(p) for p in ratios], np.int8)
-  names = set(CUE_NAMES)
-  # Distractors: any (colour, shape) that is not an attribute; each of them shares its
-  # colour with one attribute and its shape with another.
-  others = [f'{c}_{s}' for c in CUE_COLOURS for s in CUE_SHAPES if f'{c}_{s}' not in names]
-  shapes = [(CUE_NAMES[i], i) for i in range(num) if labels[i]]
-  lo, hi = distractors
-  shapes += [(u.pick(others), -1) for _ in range(lo + u.index(hi - lo + 1))]
-  order = [shapes[i] for i in rng.permutation(len(shapes))]
-
-  img = _background(u, size, size)
-  draw = ImageDraw.Draw(img)
-  _clutter(draw, u, size, size)
-  cue_boxes = np.zeros((num, 4), np.float32)
-  distractor_boxes, placed = [], []
-  for name, attribute in order:
-    side = u(*cue_size) * size
-    for _ in range(50):  # Rejection sampling: shapes never touch each other.
-      x0, y0 = u(1, size - side - 1), u(1, size - side - 1)
-      box = (x0, y0, x0 + side, y0 + side)
-      grown = (x0 - 2, y0 - 2, x0 + side + 2, y0 + side + 2)
-      if not any(_overlaps(grown, b) for b in placed):
-        break
-    else:
-      if attribute < 0:
-        continue  # No room for this distractor; a cue is drawn anyway (it decides the label).
-    colour_name, kind = name.split('_')
-    colour = tuple(
-      int(min(255, max(0, c + u(-CUE_COLOUR_JITTER, CUE_COLOUR_JITTER))))
-      for c in CUE_COLOURS[colour_name]
-    )
-    _draw_cue_shape(draw, kind, box, colour)
-    placed.append(box)
-    if attribute >= 0:
-      cue_boxes[attribute] = _normalise(box, size, size)
-    else:
-      distractor_boxes.append(_normalise(box, size, size))
-  return Drawing(
-    np.asarray(img), labels, cue_boxes, np.array(distractor_boxes, np.float32).reshape(-1, 4)
-  )
-
-
-def generate_cues(
-  split: str, index: int, seed: int = 0, size: int = 112, encode: bool = True, **kwargs: Any
-) -> dict[str, Any]:
-  """Example `index` of `split` of the cues task, a pure function of its arguments.
-
-  Args:
-    split: 'train', 'validation' or 'test'.
-    index: position in the split.
-    seed: dataset seed.
-    size: image side in pixels.
-    encode: return JPEG bytes (True) or the uint8 image (False).
-    **kwargs: `ratios`, `cue_size`, `distractors` of `draw_cues_example`.
-
-  Returns:
-    Dict with `image`, `labels` (int8 [C], no unknown labels), `index`, `image_id`,
-    `cue_boxes` (float32 [C, 4]).
-  """
-  draw_rng, _ = example_rngs(split, index, seed)
-  drawing = draw_cues_example(draw_rng, size, **kwargs)
-  return {
-    'image': encode_jpeg(drawing.image) if encode else drawing.image,
-    'labels': drawing.labels,
-    'index': index,
-    'image_id': f'{split}_{index:07d}',
-    'cue_boxes': drawing.cue_boxes,
-  }
