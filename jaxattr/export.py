@@ -80,8 +80,8 @@ def export_run(
     The header written.
   """
   from jaxattr import inference
-  from jaxattr.run import files, restore
   from jaxattr.models import model as model_lib
+  from jaxattr.run import files, restore
 
   config = files.load_config(workdir)
   ref = restore.resolve_checkpoint(workdir, checkpoint)

@@ -50,10 +50,10 @@ from absl import logging
 from flax import linen as nn
 
 from jaxattr import checkpoints, evaluation, inference, losses, metrics, optim, sharding
-from jaxattr.run import files, layout, logs, resume
 from jaxattr import history as hist
 from jaxattr.models import model as model_lib
 from jaxattr.optim import BACKBONE
+from jaxattr.run import files, layout, logs, resume
 
 
 class TrainState(flax.struct.PyTreeNode):

@@ -426,8 +426,8 @@ def test_trains_end_to_end_on_a_zero_shot_file(peta_root, tmp_path):
   ],
 )
 def test_configs_name_their_builder(name, builder, config):
-  from jaxattr.schema import dataset_builders
   from jaxattr import schema
+  from jaxattr.schema import dataset_builders
 
   peers_config = schema.load_recipe('peers')
 

@@ -19,9 +19,9 @@ from PIL import Image
 from sklearn.metrics import f1_score, precision_score, recall_score
 
 from jaxattr import checkpoints, evaluate, export, inference, predict, train, visualize
-from jaxattr.run import files, restore
 from jaxattr.data import input_pipeline, synthetic
 from jaxattr.models import model as model_lib
+from jaxattr.run import files, restore
 from tests.conftest import make_config, run_tool
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)

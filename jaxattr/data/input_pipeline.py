@@ -53,8 +53,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 # The builder modules register their datasets with TFDS when imported.
-from jaxattr.data import common, custom, manual, pa100k, peta, rap2, synthetic, wider  # noqa: F401
-from jaxattr.data import peers, rap1  # noqa: F401
+from jaxattr.data import common, custom, manual, pa100k, peers, peta, rap1, rap2, synthetic, wider  # noqa: F401  # noqa: F401
 
 BAD_IMAGE_MODES = ('fail', 'skip')
 

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxattr.data import common, manual, matlab, rap2
+from jaxattr.data import manual, matlab, rap2
 from jaxattr.data.common import DataError
 
 HOMEPAGE = 'http://www.rapdataset.com/'
@@ -178,25 +178,18 @@ class Rap1(manual.ManualDirBuilder):
   SOURCE = SOURCE
   LAYOUT = _LAYOUT
   NAMES_FROM_DATA = True
+  HOMEPAGE = HOMEPAGE
+  CITATION = (
+    '@article{li2016richly, title={A Richly Annotated Dataset for Pedestrian Attribute '
+    'Recognition}, author={Li, Dangwei and Zhang, Zhang and Chen, Xiaotang and Ling, '
+    'Haibin and Huang, Kaiqi}, journal={arXiv preprint arXiv:1603.07054}, year={2016}}'
+  )
+  ENCODING = 'png'
 
   def __init__(self, **kwargs: Any):
     """Creates the builder; see `ManualDirBuilder` for the arguments."""
     self._annotation: tuple[Path, Rap1Annotation] | None = None
     super().__init__(**kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return common.make_info(
-      self,
-      self._attribute_names(),
-      description=__doc__,
-      homepage=HOMEPAGE,
-      citation=(
-        '@article{li2016richly, title={A Richly Annotated Dataset for Pedestrian Attribute '
-        'Recognition}, author={Li, Dangwei and Zhang, Zhang and Chen, Xiaotang and Ling, '
-        'Haibin and Huang, Kaiqi}, journal={arXiv preprint arXiv:1603.07054}, year={2016}}'
-      ),
-      encoding_format='png',
-    )
 
   def _load(self, root: Path) -> Rap1Annotation:
     """The parsed annotation under `root` (parsed once per builder)."""

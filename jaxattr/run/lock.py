@@ -13,6 +13,7 @@ from absl import logging
 
 from jaxattr.run import layout
 
+
 class RunLocked(layout.RunError):
   """Another live run holds the workdir's lock."""
 
