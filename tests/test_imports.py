@@ -35,7 +35,7 @@ def _run(code: str) -> subprocess.CompletedProcess:
 def test_modules_import_without_tensorflow():
   proc = _run(
     """
-    import jaxattr.evaluation, jaxattr.history, jaxattr.inference, jaxattr.losses
+    import jaxattr.evaluators, jaxattr.history, jaxattr.inference, jaxattr.losses
     import jaxattr.metrics, jaxattr.optim, jaxattr.rundir, jaxattr.sharding, jaxattr.train
     import jaxattr.models.model
     import experiments.bench_train
@@ -53,7 +53,8 @@ def test_train_and_eval_steps_run_without_tensorflow():
     """
     import functools
     import jax, jax.numpy as jnp, ml_collections, numpy as np
-    from jaxattr import evaluation, inference, optim, sharding, train
+    from jaxattr import inference, optim, sharding, train
+    from jaxattr.evaluators import common as evaluation
     from jaxattr.models import model as model_lib
 
     config = ml_collections.ConfigDict({
@@ -105,7 +106,7 @@ def test_evaluate_imports_no_training_code():
   """`jaxattr.evaluate` re-uses the evaluation module; the train state and loop stay out."""
   proc = _run(
     """
-    import jaxattr.evaluate, jaxattr.evaluation, jaxattr.metrics, jaxattr.rundir, jaxattr.sharding
+    import jaxattr.evaluate, jaxattr.evaluators, jaxattr.metrics, jaxattr.rundir, jaxattr.sharding
     import jaxattr.export, jaxattr.predict
     training = [m for m in ('jaxattr.train', 'jaxattr.optim', 'jaxattr.losses') if m in sys.modules]
     assert not training, training

@@ -130,6 +130,13 @@ def get_config() -> ml_collections.ConfigDict:
   evaluation.every_epochs = 1
   evaluation.attention_grid = False  # Write a PNG of attention masks at the end.
 
+  # --- Evaluators ---------------------------------------------------------------
+  # `config.evals.<name> = dict(type=..., split=..., every_epochs=..., at_end=...,
+  # <options>)`, types and options in `jaxattr.evaluators`. Empty = validation every
+  # `eval.every_epochs` epochs (selecting by `eval.metric`) and test at the end on the
+  # selected checkpoint (`evaluators.default_evals`).
+  config.evals = ml_collections.ConfigDict()
+
   # Multi-host: initialise jax.distributed (coordinator from flags or environment).
   config.distributed = False
   return config
