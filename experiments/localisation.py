@@ -146,7 +146,7 @@ def markdown(results: dict[str, dict[str, Any]], command: str) -> str:
     if not r['trace']:
       continue
     keys = sorted(k for k in r['trace'][0] if k.startswith('trace/') and 'chance' not in k)
-    lines += ['', f'Trace of {model} (validation positives, first 512 examples):', '']
+    lines += ['', f'Trace of {model} (per epoch, logged as trace/... in metrics.jsonl):', '']
     lines += ['| step | val mAP | ' + ' | '.join(k[len('trace/') :] for k in keys) + ' |']
     lines += ['|' + '---|' * (2 + len(keys))]
     for row in r['trace']:
