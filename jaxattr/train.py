@@ -35,6 +35,7 @@ Faults (docs/multihost.md has the details):
 
 import dataclasses
 import functools
+import json
 import math
 import signal
 import time
@@ -415,6 +416,16 @@ def _check_finite(window: list[tuple[int, dict]]) -> None:
       )
 
 
+def _logged_rows(workdir: Path) -> list[dict[str, Any]]:
+  """metrics.jsonl merged per step, in step order; a step logged again (after a resume
+  replayed it) keeps its latest values."""
+  by_step: dict[int, dict[str, Any]] = {}
+  for line in rundir.metrics_path(workdir).read_text().splitlines():
+    row = json.loads(line)
+    by_step.setdefault(row['step'], {}).update(row)
+  return [by_step[k] for k in sorted(by_step)]
+
+
 def train_and_evaluate(
   config: ml_collections.ConfigDict, workdir: str, devices=None
 ) -> dict[str, Any]:
@@ -568,6 +579,11 @@ def _train_and_evaluate(config, workdir: Path, devices) -> dict[str, Any]:
   writer.close()
   if is_main:
     sections = {ev.spec['results_key']: ev.details for ev in final}
+    rows = _logged_rows(workdir)
+    for ev in periodic:  # E.g. the peers' protocol: its per-epoch curve and best epoch.
+      curve = ev.curve(rows, attributes.metric_key(config.eval))
+      if curve is not None:
+        results[ev.spec['results_key']] = sections[ev.spec['results_key']] = curve
     markdown = tables.results_markdown(
       results['dataset'],
       f'Best validation step {results.get("best_step", step)} of {step}; '

@@ -192,8 +192,33 @@ def test_each_evaluator_type_checks_its_options():
     "config.evals.x.type: must be one of 'attributes', 'pointing', 'thresholds'; got 'accuracy'",
   ]
   with config.unlocked():
-    config.evals = dict(t=dict(type='attributes', split='test', every_epochs=1, select=True))
+    config.evals = dict(
+      t=dict(type='attributes', split='test', every_epochs=1, select=True),
+      u=dict(type='attributes', split='validation', every_epochs=1, peers_protocol=True),
+    )
   assert [p for p in config_validation.validate(config) if 'config.evals' in p] == [
     'config.evals.t.select: the selecting evaluator runs during training (every_epochs > 0) '
-    'on a split other than test'
+    'on a split other than test',
+    "config.evals.u.peers_protocol: reads split='test' every epoch, with select=False and "
+    'at_end=False',
   ]
+  peers = evaluators.add_peers_protocol(test_config.get_config())
+  assert set(peers.evals) == {'val', 'test', 'test_every_epoch'}
+  assert config_validation.validate(peers) == []
+  assert evaluators.selection_metric(peers) == 'val/map_voc'
+
+
+def test_peers_curve_and_its_table():
+  """The best test epoch from the logged rows; rows without its metric are not epochs."""
+  spec = evaluators.resolve('p', dict(type='attributes', split='test', every_epochs=1))
+  plain = attributes.AttributesEvaluator('p', spec, ctx=None)
+  rows = [{'step': 8, 'p/map_voc': 0.3, 'p/f1': 0.1}, {'step': 16, 'p/map_voc': 0.2}]
+  assert plain.curve(rows, 'map_voc') is None
+  peers = attributes.AttributesEvaluator('p', {**spec, 'peers_protocol': True}, ctx=None)
+  curve = peers.curve([*rows, {'step': 16, 'train/loss': 1.0}], 'map_voc')
+  assert curve['best'] == {'step': 8, 'map_voc': 0.3, 'f1': 0.1}
+  assert [e['step'] for e in curve['per_epoch']] == [8, 16]
+  text = report.results_markdown('d', 's', {'peers': curve})
+  label = "best epoch on test (the peers' protocol; optimistic)"
+  assert f'peers: {label}: map_voc 30.00 at step 8' in text
+  assert '| 16 | 20.00 | n/a |' in text

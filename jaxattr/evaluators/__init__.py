@@ -19,6 +19,9 @@ An empty `config.evals` (the default) is `default_evals`: validation every
 It is derived rather than spelled in configs/default.py so that the config.json
 of a run made before evaluators were declared resumes unchanged.
 
+`add_peers_protocol(config)` adds the test split every epoch, reported as the
+peers' protocol (optimistic; never selects).
+
 Adding a type: its module (a subclass of `common.Evaluator`) and one
 `EVALUATORS` line below.
 """
@@ -120,6 +123,27 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
       + (f' ({", ".join(selecting)})' if selecting else '')
     )
   return [p for p in problems if p]
+
+
+def add_peers_protocol(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Adds `test_every_epoch`: the test split every epoch, reported as the peers' protocol.
+
+  Published comparisons often report the best test epoch; this reports it beside (never
+  instead of) the validation-selected checkpoint (`attributes.PEERS_LABEL`). An empty
+  `config.evals` is declared as `default_evals` first.
+
+  Args:
+    config: the run config, changed in place (unlocked by the caller if locked).
+
+  Returns:
+    The same config.
+  """
+  if not config.evals:
+    config.evals = default_evals(config)
+  config.evals.test_every_epoch = dict(
+    type='attributes', split='test', every_epochs=config.eval.every_epochs, peers_protocol=True
+  )
+  return config
 
 
 def selection_metric(config: ml_collections.ConfigDict) -> str:

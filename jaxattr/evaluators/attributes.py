@@ -7,7 +7,10 @@ and the weighted masks (`pointing.pointing_game`; the `pointing` type adds the C
 and the mask entropy).
 
 Options: `select` (its `config.eval.metric` picks the best checkpoint; one
-periodic evaluator of the run selects).
+periodic evaluator of the run selects) and `peers_protocol` (on the test split
+every epoch: the per-epoch test metrics and their best epoch go to results.json
+and results.md under `PEERS_LABEL`, the optimistic protocol of published
+comparisons that pick the epoch on test; never used for selection).
 """
 
 from collections.abc import Sequence
@@ -20,6 +23,7 @@ from jaxattr import metrics
 from jaxattr.evaluators import common, pointing
 
 SCALAR_KEYS = ('map_voc', 'map_sklearn', 'ma', 'acc', 'prec', 'rec', 'f1')
+PEERS_LABEL = "best epoch on test (the peers' protocol; optimistic)"
 
 
 def compute_results(
@@ -60,13 +64,24 @@ def flat_scalars(result: dict[str, Any]) -> dict[str, float]:
 class AttributesEvaluator(common.Evaluator):
   """Every attribute metric of the split, overall and per attribute."""
 
-  OPTIONS = {'select': False}
+  OPTIONS = {'select': False, 'peers_protocol': False}
 
   @classmethod
   def check(cls, name: str, spec: dict[str, Any]) -> list[str]:
-    if isinstance(spec['select'], bool):
-      return []
-    return [f'config.evals.{name}.select: must be True or False, got {spec["select"]!r}']
+    problems = [
+      f'config.evals.{name}.{option}: must be True or False, got {spec[option]!r}'
+      for option in cls.OPTIONS
+      if not isinstance(spec[option], bool)
+    ]
+    peers = spec['peers_protocol'] is True
+    if peers and (spec['split'] != 'test' or spec['select'] or spec['at_end']):
+      problems.append(
+        f"config.evals.{name}.peers_protocol: reads split='test' every epoch, with "
+        'select=False and at_end=False'
+      )
+    if peers and not spec['every_epochs']:
+      problems.append(f'config.evals.{name}.peers_protocol: needs every_epochs > 0')
+    return problems
 
   def evaluate(self, variables: dict[str, Any]) -> dict[str, Any]:
     return self.evaluate_with_data(variables)[0]
@@ -82,3 +97,18 @@ class AttributesEvaluator(common.Evaluator):
 
   def scalars(self, details: dict[str, Any]) -> dict[str, float]:
     return flat_scalars(details)
+
+  def curve(self, rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
+    """With `peers_protocol`: the per-epoch metrics and the epoch with the best `metric`."""
+    if not self.spec['peers_protocol']:
+      return None
+    prefix = f'{self.name}/'
+    per_epoch = [
+      {'step': r['step'], **{k[len(prefix) :]: v for k, v in r.items() if k.startswith(prefix)}}
+      for r in rows
+      if prefix + metric in r
+    ]
+    if not per_epoch:
+      return None
+    best = max(per_epoch, key=lambda e: e[metric])  # The first of equal values.
+    return {'label': PEERS_LABEL, 'metric': metric, 'best': best, 'per_epoch': per_epoch}

@@ -307,6 +307,16 @@ class Evaluator(abc.ABC):
   def scalars(self, details: dict[str, Any]) -> dict[str, float]:
     """The overall metrics of a result, unprefixed."""
 
+  def curve(self, rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
+    """What a periodic evaluator reports at the end from its logged rows; None: nothing.
+
+    Args:
+      rows: the run's metrics.jsonl rows, one per step (the last one written wins).
+      metric: the selection metric's key (e.g. 'map_voc').
+    """
+    del rows, metric
+    return None
+
   def run(self, variables: dict[str, Any]) -> dict[str, float]:
     """Evaluates `variables`: `{'<name>/<metric>': value}`; the full result goes to `details`."""
     self.details = self.evaluate(variables)

@@ -89,6 +89,19 @@ def results_markdown(title: str, summary: str, sections: dict[str, dict[str, Any
         [[k, pct(v['overall'], 1), pct(v['chance'], 1)] for k, v in r['pointing_game'].items()],
       )
   for label, r in sections.items():
+    if 'per_epoch' in r:
+      best, metric = r['best'], r['metric']
+      lines += [
+        '',
+        f'{label}: {r["label"]}: {metric} {pct(best[metric])} at step {best["step"]}. Not '
+        'used to select the checkpoint above; reported for comparison with published numbers.',
+        '',
+      ]
+      lines += _table(
+        ['step', *(h for _, h in OVERALL)],
+        [[str(e['step']), *(pct(e.get(k)) for k, _ in OVERALL)] for e in r['per_epoch']],
+      )
+  for label, r in sections.items():
     if 'thresholds' in r:
       m = r['metrics']
       lines += [
