@@ -136,7 +136,7 @@ def test_pointing_game_reports_measured_and_chance_with_one_rule():
   assert lines == ['pointing game mask_4: 62.5 % (chance 25.0 %)']
 
 
-def test_selection_value_and_markdown():
+def test_selection_key_and_markdown():
   probs, labels = _split()
   result = attributes.compute_results(
     evaluation.gather(_batches(probs, labels, np.arange(12), 12)), NAMES, 0.5
