@@ -9,7 +9,7 @@ r"""Speed of the real train and eval steps on this machine, and the method's ove
   python -m experiments.bench_train --backbone=resnet18 --width=0.125 --image_size=112 \
       --batch=32 --steps=10       # the demo's model
 
-Builds `train.train_step` / `evaluation.eval_step` exactly as `train.create_experiment`
+Builds `train.train_step` / `evaluators.common.eval_step` exactly as `train.create_experiment`
 does (same jit, shardings, donation, class weights, history), but feeds random
 uint8 images and labels of the right shape, so no dataset is needed. Two variants
 are measured in the same process: the full method (config defaults: attention at
@@ -42,7 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from jaxattr import evaluation, inference, losses, optim, schema, sharding, train
+from jaxattr import inference, losses, optim, schema, sharding, train
+from jaxattr.evaluators import common as evaluation
 from jaxattr.models import attention as attention_lib
 from jaxattr.models import model as model_lib
 

@@ -203,24 +203,6 @@ def _run_folder(name: str, value: str | None, required: bool = True) -> str | No
   return check_dir(name, value)
 
 
-def _device_count() -> int:
-  import jax
-
-  return jax.device_count()
-
-
-def evaluate_flags(flags: Any) -> list[str]:
-  """Problems of `jaxattr.evaluate`'s flags (--workdir, --split, --batch_size, --data_dir)."""
-  problems = [_run_folder('--workdir', flags.workdir)]
-  if not flags.split:
-    problems.append('--split: must not be empty')
-  if flags.batch_size is not None:
-    problems.append(divisible_batch('--batch_size', flags.batch_size, _device_count()))
-  if flags.data_dir:
-    problems.append(check_dir('--data_dir', flags.data_dir))
-  return [p for p in problems if p]
-
-
 def predict_flags(flags: Any, inputs: Sequence[str]) -> list[str]:
   """Problems of `jaxattr.predict`'s flags and inputs (the images are checked one by one later)."""
   problems = []

@@ -4,18 +4,19 @@
   python -m jaxattr.evaluate --workdir=runs/demo --split=validation --checkpoint=latest
   python -m jaxattr.evaluate --workdir=runs/demo --tune_thresholds
 
-Restores the run's checkpoint, evaluates it with the training loop's own evaluation
-(`jaxattr.evaluation`: every example exactly once, unknown labels ignored), prints a
-table and writes `<workdir>/eval_<split>_<checkpoint>.json` with mAP (both AP
-definitions), mA, Acc, Prec, Rec, F1, the per-attribute metrics and, on synthetic
-data, the pointing game.
+Restores the run's checkpoint and runs the training loop's own evaluators on it
+(`jaxattr.evaluators`: every example exactly once, unknown labels ignored): an
+`attributes` evaluator on the split (mAP with both AP definitions, mA, Acc, Prec,
+Rec, F1, the per-attribute metrics and, on synthetic data, the pointing game).
+Prints the results tables (`evaluators.report`, the writer of results.md) and
+writes the report as JSON into the run folder (`layout.eval_report_path`).
 
-`--tune_thresholds` picks, per attribute, the threshold that maximises that
-attribute's F1 on the VALIDATION split (never the test split), applies it to the
-requested split and reports the threshold-dependent metrics again under
-`tuned_thresholds`, beside (never instead of) the ones at `config.eval.threshold`.
-The thresholds also go to `<workdir>/thresholds.json`, where `jaxattr.predict` and
-`jaxattr.export` pick them up for that checkpoint.
+`--tune_thresholds` adds a `thresholds` evaluator: per attribute, the threshold
+that maximises that attribute's F1 on the VALIDATION split (never the test split),
+applied to the requested split, reported under `tuned_thresholds` beside (never
+instead of) the metrics at `config.eval.threshold`. The thresholds are saved for
+that checkpoint (`files.write_thresholds`), where `jaxattr.predict` and
+`jaxattr.export` pick them up.
 """
 
 import os
@@ -24,7 +25,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
@@ -42,54 +42,23 @@ def _define_flags() -> None:
   flags.DEFINE_integer('batch_size', None, 'Eval batch size (default: the run config).')
 
 
-THRESHOLD_METRICS = ('ma', 'acc', 'prec', 'rec', 'f1')
+def evaluate_flags(flags_: Any) -> list[str]:
+  """Problems of the flags (--workdir, --split, --batch_size, --data_dir), one line each."""
+  import jax
 
+  from jaxattr import config_validation as cv
 
-def tune_thresholds(probs: np.ndarray, labels: np.ndarray, default: float = 0.5) -> np.ndarray:
-  """Per attribute, the threshold t maximising the F1 of `p > t` on these labels.
-
-  Unknown labels (-1) are left out. Every distinct cut of the sorted probabilities
-  is tried; the threshold is the midpoint between the last score predicted
-  positive and the next one (half the lowest score when all are positive). Among
-  equal F1 the highest threshold wins. An attribute without labelled positives
-  keeps `default`.
-
-  Args:
-    probs: float [N, C].
-    labels: int [N, C] with 1 / 0 / -1.
-    default: threshold of attributes that cannot be tuned.
-
-  Returns:
-    float64 [C].
-  """
-  probs, labels = np.asarray(probs, np.float64), np.asarray(labels)
-  thresholds = np.full(probs.shape[1], float(default))
-  for c in range(probs.shape[1]):
-    known = labels[:, c] >= 0
-    p, y = probs[known, c], labels[known, c] == 1
-    num_pos = int(y.sum())
-    if num_pos == 0:
-      continue
-    order = np.argsort(-p, kind='stable')
-    p, y = p[order], y[order]
-    tp = np.cumsum(y)
-    k = np.arange(1, len(p) + 1)  # Predicted positives when cutting after position k.
-    f1 = 2 * tp / (k + num_pos)
-    # Only cut between distinct scores: `p > t` cannot split a tie.
-    valid = np.append(p[:-1] > p[1:], True)
-    f1 = np.where(valid, f1, -1.0)
-    best = int(np.argmax(f1))  # First maximum: the fewest positives, the highest threshold.
-    thresholds[c] = (p[best] + p[best + 1]) / 2 if best + 1 < len(p) else p[best] / 2
-  return thresholds
-
-
-def _split_name(config, split: str) -> str:
-  roles = {
-    'test': config.data.test_split,
-    'validation': config.data.eval_split,
-    'train': config.data.train_split,
-  }
-  return roles.get(split, split)
+  if not flags_.workdir:
+    problems = ['--workdir: required']
+  else:
+    problems = [cv.check_dir('--workdir', flags_.workdir)]
+  if not flags_.split:
+    problems.append('--split: must not be empty')
+  if flags_.batch_size is not None:
+    problems.append(cv.divisible_batch('--batch_size', flags_.batch_size, jax.device_count()))
+  if flags_.data_dir:
+    problems.append(cv.check_dir('--data_dir', flags_.data_dir))
+  return [p for p in problems if p]
 
 
 def evaluate_run(
@@ -114,13 +83,14 @@ def evaluate_run(
     data_dir: TFDS data_dir override.
     batch_size: eval batch size override.
     devices: devices of the evaluation mesh (default all).
-    write: write `eval_<split>_<checkpoint>.json` (and thresholds.json if tuned).
+    write: write the report (and the tuned thresholds) into the run folder.
 
   Returns:
-    {'workdir', 'checkpoint', 'step', 'split', 'metrics': {...}} plus, when tuned,
-    'tuned_thresholds': {'tuned_on', 'criterion', 'thresholds', 'metrics'}.
+    {'workdir', 'dataset', 'checkpoint', 'step', 'split', 'threshold', 'metrics':
+    {...}} plus, when tuned, 'tuned_thresholds' (the `thresholds` evaluator's
+    details: 'tuned_on', 'applied_to', 'criterion', 'thresholds', 'metrics').
   """
-  from jaxattr import evaluation, metrics, sharding
+  from jaxattr import evaluators, metrics, sharding
   from jaxattr.run import files, layout, restore
 
   workdir = Path(workdir)
@@ -131,48 +101,28 @@ def evaluate_run(
       config.data.data_dir = data_dir
     if batch_size:
       config.eval.batch_size = batch_size
-  ev = evaluation.create_evaluator(config, devices)
-  variables = restore.restore_variables(workdir, ref, sharding.replicated(ev.mesh))
-  split_name = _split_name(config, split)
-  result, data = ev.evaluate(variables, split_name)
+  ctx = evaluators.create_context(config, devices)
+  variables = restore.restore_variables(workdir, ref, sharding.replicated(ctx.mesh))
+  specs = {split: {'type': 'attributes', 'split': split}}
+  if tune:
+    specs['tuned_thresholds'] = {'type': 'thresholds', 'split': 'validation', 'apply_to': split}
+  evs = evaluators.create(ctx, specs)
+  for ev in evs.values():
+    ev.run(variables)
   report: dict[str, Any] = {
     'workdir': str(workdir),
-    'dataset': ev.builder.info.full_name,
+    'dataset': ctx.builder.info.full_name,
     'checkpoint': ref.which,
     'step': ref.step,
-    'split': split_name,
+    'split': evs[split].split,
     'threshold': float(config.eval.threshold),
-    'metrics': result,
+    'metrics': evs[split].details,
   }
   if tune:
-    tuned_on = config.data.eval_split
-    if tuned_on == config.data.test_split:
-      raise ValueError('data.eval_split is the test split: thresholds are never tuned on test.')
-    if split_name == tuned_on:
-      logging.warning('Thresholds tuned and applied on %s: tuned numbers are optimistic.', split)
-    val = ev.predictions(variables, tuned_on) if split_name != tuned_on else data
-    thresholds = tune_thresholds(val['probs'], val['labels'], config.eval.threshold)
-    names = ev.info.attribute_names
-    tuned = metrics.compute_metrics(data['probs'], data['labels'], names, threshold=thresholds)
-    per_attr = {
-      n: {k: tuned['per_attribute'][n][k] for k in ('precision', 'recall', 'f1', 'ma')}
-      for n in names
-    }
-    report['tuned_thresholds'] = {
-      'tuned_on': tuned_on,
-      'criterion': 'per-attribute F1',
-      'thresholds': {n: float(t) for n, t in zip(names, thresholds, strict=True)},
-      'metrics': {**{k: tuned[k] for k in THRESHOLD_METRICS}, 'per_attribute': per_attr},
-    }
+    tuned = evs['tuned_thresholds'].details
+    report['tuned_thresholds'] = tuned
     if write:
-      thresholds_file = {
-        'checkpoint': ref.which,
-        'step': ref.step,
-        'tuned_on': tuned_on,
-        'criterion': 'per-attribute F1',
-        'thresholds': report['tuned_thresholds']['thresholds'],
-      }
-      (workdir / layout.THRESHOLDS).write_text(metrics.to_json(thresholds_file, indent=2) + '\n')
+      files.write_thresholds(workdir, ref, tuned['thresholds'], tuned['tuned_on'])
   if write:
     path = layout.eval_report_path(workdir, split, checkpoint)
     path.write_text(metrics.to_json(report, indent=2) + '\n')
@@ -180,18 +130,8 @@ def evaluate_run(
   return report
 
 
-def _pct(value: float | None, width: int = 7) -> str:
-  """A fraction as a right-aligned percentage ('n/a' for NaN: no labelled positive)."""
-  text = 'n/a' if value is None or not np.isfinite(value) else f'{100 * value:.2f}'
-  return f'{text:>{width}}'
-
-
-def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
-  return ' '.join(f'{c:>{w}}' for c, w in zip(cells, widths, strict=True))
-
-
 def format_report(report: dict[str, Any]) -> str:
-  """The report as plain-text tables (percentages).
+  """The report as the results tables (markdown, percentages).
 
   Args:
     report: the result of `evaluate_run`.
@@ -199,62 +139,28 @@ def format_report(report: dict[str, Any]) -> str:
   Returns:
     The text.
   """
+  from jaxattr.evaluators import report as tables
+
   m = report['metrics']
-  overall = ('map_voc', 'map_sklearn', 'ma', 'acc', 'prec', 'rec', 'f1')
-  heads = ('mAP(voc)', 'mAP(skl)', 'mA', 'Acc', 'Prec', 'Rec', 'F1')
-  widths = [max(len(h), 7) for h in heads]
-  lines = [
+  summary = (
     f'{report["workdir"]}: {report["checkpoint"]} checkpoint (step {report["step"]}), '
     f'split {report["split"]} ({m["num_examples"]} examples), '
-    f'threshold {report["threshold"]:g}',
-    '',
-    _row(heads, widths),
-    _row([_pct(m[k]) for k in overall], widths),
-    '',
-  ]
-  names = list(m['per_attribute'])
-  name_w = max(max(map(len, names)), len('attribute'))
-  per = ('ap_voc', 'ap_sklearn', 'ma', 'precision', 'recall', 'f1')
-  heads = ('AP(voc)', 'AP(skl)', 'mA', 'Prec', 'Rec', 'F1', 'positives')
-  widths = [7] * 6 + [9]
-  lines.append(f'{"attribute":<{name_w}} ' + _row(heads, widths))
-  for name, r in m['per_attribute'].items():
-    cells = [_pct(r[k]) for k in per] + [str(r['positives'])]
-    lines.append(f'{name:<{name_w}} ' + _row(cells, widths))
-  if 'pointing_game' in m:
-    games = ', '.join(
-      f'{k} {_pct(v["overall"], 0)} (chance {_pct(v["chance"], 0)})'
-      for k, v in m['pointing_game'].items()
-    )
-    lines += ['', f'pointing game (%): {games}']
+    f'threshold {report["threshold"]:g}.'
+  )
+  sections = {report['split']: m}
   if 'tuned_thresholds' in report:
-    t = report['tuned_thresholds']
-    tm = t['metrics']
-    heads = ('mA', 'Acc', 'Prec', 'Rec', 'F1')
-    lines += [
-      '',
-      f'With per-attribute thresholds tuned on {t["tuned_on"]} (max F1 per attribute):',
-      _row(heads, [7] * 5),
-      _row([_pct(tm[k]) for k in THRESHOLD_METRICS], [7] * 5),
-      '',
-      f'{"attribute":<{name_w}} ' + _row(('threshold', 'Prec', 'Rec', 'F1', 'mA'), [9] + [7] * 4),
-    ]
-    for name, r in tm['per_attribute'].items():
-      cells = [f'{t["thresholds"][name]:.4f}'] + [
-        _pct(r[k]) for k in ('precision', 'recall', 'f1', 'ma')
-      ]
-      lines.append(f'{name:<{name_w}} ' + _row(cells, [9] + [7] * 4))
-  return '\n'.join(lines) + '\n'
+    sections['tuned thresholds'] = report['tuned_thresholds']
+  return tables.results_markdown(report['dataset'], summary, sections)
 
 
 def main(argv: Sequence[str]) -> int:
+  from jaxattr import config_validation
   from jaxattr.run import layout
 
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from jaxattr import config_validation  # Every bad flag, one line each; exit code 2.
-
-  config_validation.exit_if_problems(config_validation.evaluate_flags(FLAGS), 'jaxattr.evaluate')
+  # Every bad flag, one line each; exit code 2.
+  config_validation.exit_if_problems(evaluate_flags(FLAGS), 'jaxattr.evaluate')
   # A command-line tool: warnings and errors only, unless --verbosity asks for more.
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)

@@ -20,6 +20,7 @@ Fields that a config file adds beyond `FIELDS` are not checked; fields it lacks 
 reported as missing.
 """
 
+import copy
 import dataclasses
 import functools
 import importlib.util
@@ -196,6 +197,12 @@ def _levels(name, value, *_):
   if as_tuple in models.LEVELS:
     return None
   return f'{name}: must be one of {", ".join(map(str, models.LEVELS))}; got {value!r}'
+
+
+def _evals(name, value, config, _):
+  from jaxattr import evaluators  # Each evaluator type checks its own options.
+
+  return evaluators.validate(config)
 
 
 def _aggregation_fits_levels(name, value, config, _):
@@ -430,6 +437,10 @@ FIELDS: dict[str, Field] = {
   'eval.threshold': Field(0.5, number(0, 1)),
   'eval.every_epochs': Field(1, integer(1)),
   'eval.attention_grid': Field(False, boolean()),  # A PNG of attention masks at the end.
+  # `config.evals.<name> = dict(type=..., split=..., every_epochs=..., at_end=..., <options>)`,
+  # types and options in `jaxattr.evaluators`. Empty: validation every `eval.every_epochs`
+  # epochs (selecting by `eval.metric`) and test at the end on the selected checkpoint.
+  'evals': Field(ml_collections.ConfigDict(), _evals),
   # Multi-host: initialise jax.distributed (coordinator from flags or environment).
   'distributed': Field(False, boolean()),
 }
@@ -449,7 +460,7 @@ def defaults() -> ml_collections.ConfigDict:
       if part not in node:
         node[part] = ml_collections.ConfigDict()
       node = node[part]
-    node[leaf] = spec.default
+    node[leaf] = copy.deepcopy(spec.default)  # A ConfigDict default is not shared.
   return config
 
 

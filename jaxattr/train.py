@@ -14,9 +14,10 @@ the step reads as single-device code and computes the same function on any numbe
 of devices or hosts (`jaxattr.sharding`): results agree to float rounding (1e-5 over
 the first steps, tests/test_train.py), and over a run the rounding differences of
 the summation order grow, enough to move thresholded metrics. The optimizers and
-schedules are built by `jaxattr.optim`; evaluation (every epoch on the validation
-split, at the end on both) is `jaxattr.evaluation`; every file the run writes is
-named by `jaxattr.run.layout`.
+schedules are built by `jaxattr.optim`; evaluation is the config's evaluators
+(`jaxattr.evaluators`: by default the validation split every epoch, which selects
+the best checkpoint, and both splits at the end on that checkpoint); every file the
+run writes is named by `jaxattr.run.layout`.
 
 TensorFlow feeds the input pipeline only: it (and clu's writers, which import it)
 is imported by the functions that read data or write logs, so the state, the step
@@ -34,6 +35,7 @@ Faults (docs/multihost.md has the details):
 
 import dataclasses
 import functools
+import json
 import math
 import signal
 import time
@@ -49,8 +51,10 @@ import numpy as np
 from absl import logging
 from flax import linen as nn
 
-from jaxattr import checkpoints, evaluation, inference, losses, metrics, optim, sharding
+from jaxattr import checkpoints, evaluators, inference, losses, metrics, optim, sharding
 from jaxattr import history as hist
+from jaxattr.evaluators import attributes
+from jaxattr.evaluators import report as tables
 from jaxattr.models import model as model_lib
 from jaxattr.optim import BACKBONE
 from jaxattr.run import files, layout, logs, resume
@@ -229,7 +233,8 @@ class Experiment:
   """A run's data, model, mesh, fresh state and compiled steps (no I/O to the workdir)."""
 
   config: ml_collections.ConfigDict
-  evaluator: evaluation.Evaluator
+  context: evaluators.Context  # Dataset, model and mesh, shared with the evaluators.
+  evaluators: dict[str, evaluators.Evaluator]  # `config.evals`, in name order.
   mesh: jax.sharding.Mesh
   state: TrainState
   steps_per_epoch: int
@@ -240,15 +245,15 @@ class Experiment:
 
   @property
   def builder(self):
-    return self.evaluator.builder
+    return self.context.builder
 
   @property
   def info(self):
-    return self.evaluator.info
+    return self.context.info
 
   @property
   def model(self) -> nn.Module:
-    return self.evaluator.model
+    return self.context.model
 
   def train_step(self, state: TrainState, batch: dict[str, np.ndarray], step: int):
     """Runs the compiled step of the stage that `step` (== state.step) is in.
@@ -276,8 +281,10 @@ class Experiment:
     )
 
   def evaluate(self, state: TrainState, split: str):
-    """`evaluation.Evaluator.evaluate` of the state's variables."""
-    return self.evaluator.evaluate(state.variables(), split)
+    """Every attribute metric of `split` for the state, and the gathered predictions."""
+    spec = evaluators.resolve(split, {'type': 'attributes', 'split': split})
+    evaluator = attributes.AttributesEvaluator(split, spec, self.context)
+    return evaluator.evaluate_with_data(state.variables())
 
 
 def create_experiment(config: ml_collections.ConfigDict, devices=None) -> Experiment:
@@ -292,7 +299,7 @@ def create_experiment(config: ml_collections.ConfigDict, devices=None) -> Experi
   """
   from jaxattr.data import input_pipeline
 
-  builder, info = evaluation.open_dataset(config)
+  builder, info = evaluators.common.open_dataset(config)
   num_train = info.split_sizes[config.data.train_split]
   logging.info(
     'Dataset %s: %s; %d attributes.', builder.info.full_name, info.split_sizes, info.num_classes
@@ -332,9 +339,11 @@ def create_experiment(config: ml_collections.ConfigDict, devices=None) -> Experi
   plateau_update = jax.jit(
     lambda s, v: plateau_tx.update(jnp.zeros(()), s, value=v)[1], out_shardings=replicated
   )
+  context = evaluators.Context(config, builder, info, model, mesh)
   return Experiment(
     config=config,
-    evaluator=evaluation.Evaluator(config, builder, info, model, mesh),
+    context=context,
+    evaluators=evaluators.create(context),
     mesh=mesh,
     state=state,
     steps_per_epoch=spe,
@@ -346,6 +355,12 @@ def create_experiment(config: ml_collections.ConfigDict, devices=None) -> Experi
 
 
 # --- The loop -----------------------------------------------------------------------
+
+
+def itstime(step: int, every: int, last: int | None = None) -> bool:
+  """Whether a periodic action is due after `step`: every `every` steps (0: never), and
+  at step `last` if given (the final step)."""
+  return (every > 0 and step % every == 0) or step == last
 
 
 class _Stop:
@@ -402,20 +417,31 @@ def _check_finite(window: list[tuple[int, dict]]) -> None:
       )
 
 
+def _logged_rows(workdir: Path) -> list[dict[str, Any]]:
+  """metrics.jsonl merged per step, in step order; a step logged again (after a resume
+  replayed it) keeps its latest values."""
+  by_step: dict[int, dict[str, Any]] = {}
+  for line in layout.metrics_path(workdir).read_text().splitlines():
+    row = json.loads(line)
+    by_step.setdefault(row['step'], {}).update(row)
+  return [by_step[k] for k in sorted(by_step)]
+
+
 def train_and_evaluate(
   config: ml_collections.ConfigDict, workdir: str, devices=None
 ) -> dict[str, Any]:
-  """Trains, evaluates every epoch on the validation split, tests the best state.
+  """Trains with the periodic evaluators, then runs the final ones on the best state.
 
   Re-running with the same workdir resumes from the latest checkpoint.
 
   Args:
-    config: the run config (see configs/default.py).
+    config: the run config (fields in `jaxattr.schema`).
     workdir: where checkpoints, logs, metrics and results go.
     devices: devices of the mesh; default all.
 
   Returns:
-    The final results (also written to workdir/results.json and results.md).
+    The final results (also written to workdir/results.json and results.md): every
+    final evaluator's details under its results key ('validation', 'test' by default).
   """
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -452,6 +478,8 @@ def _train_and_evaluate(config, workdir: Path, devices) -> dict[str, Any]:
   stop = _Stop(multiprocess=jax.process_count() > 1)
   step = int(state.step)
   batches = ex.train_batches(start_step=step)
+  periodic = [ev for ev in ex.evaluators.values() if ev.spec['every_epochs']]
+  select = evaluators.selection_metric(config)
   collection = None
   window: list[tuple[int, dict]] = []
   logging.info(
@@ -472,8 +500,8 @@ def _train_and_evaluate(config, workdir: Path, devices) -> dict[str, Any]:
       collection = update if collection is None else collection.merge(update)
       report(step)
 
-      end_of_epoch = step % spe == 0
-      if step % config.train.log_every_steps == 0 or end_of_epoch or step == total_steps:
+      end_of_epoch = itstime(step, spe)
+      if itstime(step, config.train.log_every_steps, last=total_steps) or end_of_epoch:
         _check_finite(window)
         window = []
         summary = {f'train/{k}': v for k, v in collection.compute().items()}
@@ -481,11 +509,14 @@ def _train_and_evaluate(config, workdir: Path, devices) -> dict[str, Any]:
         writer.scalars(step, summary)
         collection = None
 
-      if end_of_epoch and (step // spe) % config.eval.every_epochs == 0:
+      due = [ev for ev in periodic if itstime(step, spe * ev.spec['every_epochs'])]
+      scalars = {}
+      if due:
         with report.timed('eval'):
-          result, _ = ex.evaluate(state, config.data.eval_split)
-        value = evaluation.selection_value(result, config)
-        writer.scalars(step, {f'val/{k}': v for k, v in evaluation.flat_scalars(result).items()})
+          scalars = {k: v for ev in due for k, v in ev.run(state.variables()).items()}
+        writer.scalars(step, scalars)
+      if select in scalars:
+        value = scalars[select]
         if config.schedule.name == 'plateau':
           state = state.replace(plateau=ex.plateau_update(state.plateau, np.float32(-value)))
         if value > float(state.best_metric):
@@ -499,9 +530,8 @@ def _train_and_evaluate(config, workdir: Path, devices) -> dict[str, Any]:
       # Every process polls the agreed preemption step every step (JAX requires it).
       preempted = stop.requested() or ckpt.reached_preemption(step)
       if (
-        step % config.train.checkpoint_every_steps == 0
+        itstime(step, config.train.checkpoint_every_steps, last=total_steps)
         or end_of_epoch
-        or step == total_steps
         or preempted
       ):
         _check_finite(window)
@@ -523,28 +553,48 @@ def _train_and_evaluate(config, workdir: Path, devices) -> dict[str, Any]:
     stop.restore()
     ckpt.wait()
 
-  # Test the best state once, at the end (the current one if no epoch finished).
+  # The final evaluators, once, on the best state (the current one if no epoch finished).
   results = {'workdir': str(workdir), 'dataset': ex.builder.info.full_name, 'steps': step}
   best = state
   if ckpt.best_step() is not None:
     best = ckpt.restore(state, which='best')
     results['best_step'] = int(ckpt.best_step())
+  final = [ev for ev in ex.evaluators.values() if ev.spec['at_end']]
+  final_scalars = {}
   with report.timed('test'):
-    results['validation'], _ = ex.evaluate(best, config.data.eval_split)
-    results['test'], _ = ex.evaluate(best, config.data.test_split)
+    for ev in final:
+      scalars = ev.run(best.variables())
+      results[ev.spec['results_key']] = ev.details
+      # A periodic evaluator logged its curve already; its value on the best state is in
+      # results.json (logged at the last step it would read as that step's).
+      if not ev.spec['every_epochs']:
+        final_scalars.update(scalars)
   if config.eval.attention_grid and is_main and config.model.attention.levels:
-    grid = evaluation.attention_grid(ex.evaluator, best.variables(), layout.attention_path(workdir))
+    grid = evaluators.common.attention_grid(
+      ex.context, best.variables(), layout.attention_path(workdir)
+    )
     results['attention_grid'] = str(grid)
   results['wall_time_s'] = time.time() - start_time
-  writer.scalars(
-    step, {f'test/{k}': v for k, v in evaluation.flat_scalars(results['test']).items()}
-  )
+  if final_scalars:
+    writer.scalars(step, final_scalars)
   writer.close()
   if is_main:
-    markdown = evaluation.results_markdown(results)
+    sections = {ev.spec['results_key']: ev.details for ev in final}
+    rows = _logged_rows(workdir)
+    for ev in periodic:  # E.g. the peers' protocol: its per-epoch curve and best epoch.
+      curve = ev.curve(rows, attributes.metric_key(config.eval))
+      if curve is not None:
+        results[ev.spec['results_key']] = sections[ev.spec['results_key']] = curve
+    markdown = tables.results_markdown(
+      results['dataset'],
+      f'Best validation step {results.get("best_step", step)} of {step}; '
+      f'wall time {results["wall_time_s"]:.0f} s.',
+      sections,
+    )
     files.write_results(workdir, results, markdown)
     logging.info('Results:\n%s', markdown)
-    for line in evaluation.pointing_game_lines(results['test']):
-      logging.info('Test %s', line)
+    for label in sections:
+      for line in tables.pointing_game_lines(results[label]):
+        logging.info('%s %s', label.capitalize(), line)
   ckpt.close()
   return results

@@ -190,15 +190,6 @@ def _flags(**values):
   return types.SimpleNamespace(**values)
 
 
-def test_evaluate_flags_one_line_each(tmp_path):
-  flags = _flags(workdir=str(tmp_path / 'nope'), split='', batch_size=0, data_dir=str(tmp_path))
-  assert config_validation.evaluate_flags(flags) == [
-    f'--workdir: no such folder: {tmp_path / "nope"}',
-    '--split: must not be empty',
-    '--batch_size: must be a positive multiple of 4 devices, got 0',
-  ]
-
-
 def test_predict_flags_one_line_each(tmp_path):
   both = _flags(workdir=str(tmp_path), exported='m.bin', batch_size=0, top_k=0)
   assert config_validation.predict_flags(both, []) == [

@@ -1,11 +1,13 @@
-"""Tests of jaxattr.evaluation: gathering is exact and order-free, the step and the tables."""
+"""Tests of jaxattr.evaluators: exact, order-free gathering, the step, the registry, the tables."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxattr import evaluation, metrics
+from jaxattr import evaluators, metrics, schema, train
+from jaxattr.evaluators import attributes, report
+from jaxattr.evaluators import common as evaluation
 
 NAMES = ['a', 'b', 'c']
 
@@ -68,7 +70,7 @@ def test_metrics_do_not_depend_on_gather_order_with_tied_scores():
     assert 'mask' not in data
   expected = metrics.compute_metrics(probs, labels, NAMES)
   for data in (one, two, shuffled):
-    assert evaluation.compute_results(data, NAMES, 0.5) == {**expected, 'num_examples': n}
+    assert attributes.compute_results(data, NAMES, 0.5) == {**expected, 'num_examples': n}
   # The sort matters: in the 2-process order the tied scores rank differently and
   # the VOC AP (ties in input order) changes.
   order = _two_process_order(n, 3)
@@ -121,7 +123,7 @@ def test_pointing_game_reports_measured_and_chance_with_one_rule():
     'cue_boxes': boxes,
     'cells_mask_4': cells,
   }
-  result = evaluation.compute_results(data, NAMES, 0.5, grids={4: (2, 2)})
+  result = attributes.compute_results(data, NAMES, 0.5, grids={4: (2, 2)})
   game = result['pointing_game']['mask_4']
   # Attribute a: 3 of 4 hits; b: 2 of 4; c has no positive.
   assert game['per_attribute'] == {'a': 0.75, 'b': 0.5, 'c': None}
@@ -129,22 +131,93 @@ def test_pointing_game_reports_measured_and_chance_with_one_rule():
   # One cell of four overlaps the box: chance 1/4 for every positive.
   assert game['chance'] == pytest.approx(0.25)
   assert game['chance_per_attribute'] == {'a': 0.25, 'b': 0.25, 'c': None}
-  lines = evaluation.pointing_game_lines(result)
+  lines = report.pointing_game_lines(result)
   assert lines == ['pointing game mask_4: 62.5 % (chance 25.0 %)']
 
 
-def test_selection_value_and_markdown():
+def test_selection_key_and_markdown():
   probs, labels = _split()
-  result = evaluation.compute_results(
+  result = attributes.compute_results(
     evaluation.gather(_batches(probs, labels, np.arange(12), 12)), NAMES, 0.5
   )
   config = type('C', (), {})()
   config.eval = type('E', (), {'metric': 'map', 'ap': 'sklearn'})()
-  assert evaluation.selection_value(result, config) == result['map_sklearn']
+  assert result[attributes.metric_key(config.eval)] == result['map_sklearn']
   config.eval.metric = 'f1'
-  assert evaluation.selection_value(result, config) == result['f1']
-  text = evaluation.results_markdown(
-    {'dataset': 'd', 'steps': 3, 'wall_time_s': 1.0, 'test': result, 'validation': result}
-  )
+  assert result[attributes.metric_key(config.eval)] == result['f1']
+  text = report.results_markdown('d', 'Best step 3 of 3.', {'validation': result, 'test': result})
   assert f'| test | {100 * result["map_voc"]:.2f} |' in text
   assert text.count('| a |') == 1
+
+
+def test_markdown_marks_undefined_metrics():
+  assert report.pct(0.12345) == '12.35'
+  assert report.pct(None) == 'n/a' and report.pct(float('nan')) == 'n/a'
+
+
+def test_itstime_is_a_period_and_the_last_step():
+  due = [s for s in range(1, 21) if train.itstime(s, 8, last=20)]
+  assert due == [8, 16, 20]
+  assert [s for s in range(1, 21) if train.itstime(s, 0)] == []
+  assert [s for s in range(1, 10) if train.itstime(s, 3)] == [3, 6, 9]
+
+
+def test_default_evals_select_on_validation_and_test_at_the_end():
+  config = schema.load_recipe('test').get_config()
+  assert len(config.evals) == 0  # Derived, so an older config.json resumes unchanged.
+  specs = evaluators.declared(config)
+  assert specs['val']['split'] == 'validation' and specs['val']['every_epochs'] == 1
+  assert specs['test'] == {'type': 'attributes', 'split': 'test', 'at_end': True}
+  assert evaluators.selection_metric(config) == 'val/map_voc'
+  config.eval.metric = 'f1'
+  assert evaluators.selection_metric(config) == 'val/f1'
+  assert schema.validate(config) == []
+
+
+def test_each_evaluator_type_checks_its_options():
+  config = schema.load_recipe('test').get_config()
+  with config.unlocked():
+    config.evals.v = dict(type='attributes', split='validation', every_epochs=1, select=True)
+    config.evals.t = dict(type='thresholds', split='test', at_end=True)
+    config.evals.p = dict(type='pointing', split='test', at_end=True, limit=-1, size=3)
+    config.evals.n = dict(type='attributes', split='test')
+    config.evals.x = dict(type='accuracy', split='test')
+  assert [p for p in schema.validate(config) if 'config.evals' in p] == [
+    'config.evals.n: never runs; set every_epochs > 0 or at_end=True',
+    "config.evals.p.size: not an option of type 'pointing' "
+    '(at_end, every_epochs, limit, results_key, split, type)',
+    'config.evals.p.limit: must be an integer >= 0, got -1',
+    'config.evals.t.split: thresholds are never tuned on the test split',
+    "config.evals.x.type: must be one of 'attributes', 'pointing', 'thresholds'; got 'accuracy'",
+  ]
+  with config.unlocked():
+    config.evals = dict(
+      t=dict(type='attributes', split='test', every_epochs=1, select=True),
+      u=dict(type='attributes', split='validation', every_epochs=1, peers_protocol=True),
+    )
+  assert [p for p in schema.validate(config) if 'config.evals' in p] == [
+    'config.evals.t.select: the selecting evaluator runs during training (every_epochs > 0) '
+    'on a split other than test',
+    "config.evals.u.peers_protocol: reads split='test' every epoch, with select=False and "
+    'at_end=False',
+  ]
+  peers = evaluators.add_peers_protocol(schema.load_recipe('test').get_config())
+  assert set(peers.evals) == {'val', 'test', 'test_every_epoch'}
+  assert schema.validate(peers) == []
+  assert evaluators.selection_metric(peers) == 'val/map_voc'
+
+
+def test_peers_curve_and_its_table():
+  """The best test epoch from the logged rows; rows without its metric are not epochs."""
+  spec = evaluators.resolve('p', dict(type='attributes', split='test', every_epochs=1))
+  plain = attributes.AttributesEvaluator('p', spec, ctx=None)
+  rows = [{'step': 8, 'p/map_voc': 0.3, 'p/f1': 0.1}, {'step': 16, 'p/map_voc': 0.2}]
+  assert plain.curve(rows, 'map_voc') is None
+  peers = attributes.AttributesEvaluator('p', {**spec, 'peers_protocol': True}, ctx=None)
+  curve = peers.curve([*rows, {'step': 16, 'train/loss': 1.0}], 'map_voc')
+  assert curve['best'] == {'step': 8, 'map_voc': 0.3, 'f1': 0.1}
+  assert [e['step'] for e in curve['per_epoch']] == [8, 16]
+  text = report.results_markdown('d', 's', {'peers': curve})
+  label = "best epoch on test (the peers' protocol; optimistic)"
+  assert f'peers: {label}: map_voc 30.00 at step 8' in text
+  assert '| 16 | 20.00 | n/a |' in text

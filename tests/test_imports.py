@@ -35,9 +35,10 @@ def _run(code: str) -> subprocess.CompletedProcess:
 def test_modules_import_without_tensorflow():
   proc = _run(
     """
-    import jaxattr.evaluation, jaxattr.history, jaxattr.inference, jaxattr.losses
+    import jaxattr.evaluators, jaxattr.history, jaxattr.inference, jaxattr.losses
     import jaxattr.metrics, jaxattr.optim, jaxattr.run.files, jaxattr.sharding, jaxattr.train
-    import jaxattr.run.layout, jaxattr.run.lock, jaxattr.run.logs, jaxattr.run.resume, jaxattr.schema
+    import jaxattr.run.layout, jaxattr.run.lock, jaxattr.run.logs, jaxattr.run.resume
+    import jaxattr.schema
     import jaxattr.models.model
     import experiments.bench_train
     loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow' and sys.modules[m])
@@ -54,7 +55,8 @@ def test_train_and_eval_steps_run_without_tensorflow():
     """
     import functools
     import jax, jax.numpy as jnp, ml_collections, numpy as np
-    from jaxattr import evaluation, inference, optim, sharding, train
+    from jaxattr import inference, optim, sharding, train
+    from jaxattr.evaluators import common as evaluation
     from jaxattr.models import model as model_lib
 
     config = ml_collections.ConfigDict({
@@ -106,7 +108,8 @@ def test_evaluate_imports_no_training_code():
   """`jaxattr.evaluate` re-uses the evaluation module; the train state and loop stay out."""
   proc = _run(
     """
-    import jaxattr.evaluate, jaxattr.evaluation, jaxattr.metrics, jaxattr.run.files, jaxattr.sharding
+    import jaxattr.evaluate, jaxattr.evaluators, jaxattr.metrics, jaxattr.run.files
+    import jaxattr.sharding
     import jaxattr.export, jaxattr.predict
     training = [m for m in ('jaxattr.train', 'jaxattr.optim', 'jaxattr.losses') if m in sys.modules]
     assert not training, training

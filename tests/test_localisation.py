@@ -1,4 +1,5 @@
-"""Tests of experiments/localisation.py and the `cues` task of the synthetic builder.
+"""Tests of the localisation measurements (`jaxattr.evaluators.pointing`), the report of
+experiments/localisation.py and the `cues` task of the synthetic builder.
 
 The mechanism test trains one attention head (mask branch, spatial softmax,
 confidence branch, classifier: `jaxattr.models.attention.AttentionHead`, the
@@ -6,8 +7,7 @@ repository's BCE) on 7x7 feature maps in which a conjunction of two features at 
 cell decides each attribute, among distractor cells, and checks that its masks a
 peak on that cell at least twice as often as a uniformly random cell. With the
 spatial softmax replaced by a uniform mask the check fails (argmax of a constant is
-the first cell); that variant was run once by hand (issue 15's note), it is not
-part of the suite.
+the first cell); that variant is not part of the suite.
 """
 
 import jax
@@ -18,6 +18,7 @@ import optax
 from experiments import localisation
 from jaxattr import losses
 from jaxattr.data import cues
+from jaxattr.evaluators import pointing
 from jaxattr.models import attention
 
 
@@ -25,7 +26,7 @@ def test_mask_entropy_by_hand():
   uniform = jnp.full((1, 2, 2, 1), 0.25)
   peaked = jnp.asarray([1.0, 0.0, 0.0, 0.0]).reshape(1, 2, 2, 1)
   half = jnp.asarray([0.5, 0.5, 0.0, 0.0]).reshape(1, 2, 2, 1)
-  ent = localisation.mask_entropy(jnp.concatenate([uniform, peaked, half], axis=-1))
+  ent = pointing.mask_entropy(jnp.concatenate([uniform, peaked, half], axis=-1))
   # H = log 4, 0, log 2; normalised by log 4.
   np.testing.assert_allclose(np.asarray(ent), [[1.0, 0.0, 0.5]], atol=1e-6)
 
@@ -34,20 +35,40 @@ def test_cam_mean_is_the_pooled_logit():
   rng = np.random.default_rng(0)
   k2 = rng.standard_normal((2, 3, 3, 5)).astype(np.float32)
   kernel = rng.standard_normal((5, 4)).astype(np.float32)
-  cam = np.asarray(localisation.class_activation_maps(jnp.asarray(k2), jnp.asarray(kernel)))
+  cam = np.asarray(pointing.class_activation_maps(jnp.asarray(k2), jnp.asarray(kernel)))
   pooled_logits = k2.mean(axis=(1, 2)) @ kernel
   np.testing.assert_allclose(cam.mean(axis=(1, 2)), pooled_logits, rtol=1e-5, atol=1e-5)
   # Cell by cell, by a loop.
   np.testing.assert_allclose(cam[1, 2, 0], k2[1, 2, 0] @ kernel, rtol=1e-5)
 
 
-def test_param_groups():
-  group = localisation.param_group
-  assert group(('backbone', 'layer1', 'kernel')) == 'backbone'
-  assert group(('classifier', 'kernel')) == 'primary classifier'
-  assert group(('attention3', 'mask', 'logits', 'kernel')) == 'mask branch 3'
-  assert group(('attention4', 'mask', 'confidence', 'bias')) == 'confidence branch 4'
-  assert group(('attention3', 'classifier', 'fc', 'kernel')) == 'attention classifier 3'
+def test_report_shows_each_map_beside_its_chance():
+  """The script's table from hand-made pointing data: 5 hits of 8 positives, chance 1/4."""
+  n = 4
+  data = {
+    'labels': np.array([[1, 1, 0]] * n, np.int8),
+    'cue_boxes': np.tile(np.float32([0.0, 0.0, 0.5, 0.5]), (n, 3, 1)),  # Top-left of 2x2.
+    'cells_mask_4': np.array([[0, 3, 0], [0, 3, 0], [1, 0, 0], [0, 0, 0]], np.int32),
+    'cells_cam': np.zeros((n, 3), np.int32),  # Always the top-left cell: every pair hits.
+    'entropy_4': np.full((n, 3), 0.5, np.float32),
+  }
+  names = ['a', 'b', 'c']
+  games = pointing.pointing_game(data, names, {4: (2, 2), 'cam': (2, 2)})
+  result = {
+    'steps': 10,
+    'best_step': 8,
+    'trace': [],
+    'test': {'map_voc': 0.5, 'per_attribute': {k: {'ap_voc': 0.25} for k in names}},
+    'pointing': {'pointing_game': games, **pointing.entropies(data, names)},
+  }
+  text = localisation.markdown({'attention': result}, 'cmd')
+  assert '**attention**: test mAP (VOC) 50.0; best validation step 8 of 10.' in text
+  assert '| attention | a, stage 4 | 2x2 | 62.5 % | 25.0 % | 2.5x | 0.50 |' in text
+  assert '| attention | CAM (primary W on k2) | 2x2 | 100.0 % | 25.0 % | 4.0x |  |' in text
+  # Per attribute: a hits 3 of 4, b 2 of 4; c has no positive and no row.
+  assert '| a | 4 | 25.0 | 100 / 25 | 75 / 25 | 0.50 |' in text
+  assert '| b | 4 | 25.0 | 100 / 25 | 50 / 25 | 0.50 |' in text
+  assert '| c |' not in text
 
 
 def test_cues_examples():
@@ -160,6 +181,6 @@ def test_attention_masks_point_at_the_cue():
   positive = y_test == 1
   hit_rate = float((peak == cue_cells)[positive].mean())
   chance = 1 / GRID**2  # The cue fills one cell: a uniformly random cell hits 1 in 49.
-  entropy = float(np.asarray(localisation.mask_entropy(a))[positive].mean())
+  entropy = float(np.asarray(pointing.mask_entropy(a))[positive].mean())
   assert hit_rate >= 2 * chance, (hit_rate, chance, entropy)
   assert entropy < 0.95, entropy

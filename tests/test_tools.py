@@ -11,6 +11,7 @@ import io
 import json
 import re
 import shutil
+import types
 
 import jax
 import numpy as np
@@ -20,6 +21,7 @@ from sklearn.metrics import f1_score, precision_score, recall_score
 
 from jaxattr import checkpoints, evaluate, export, inference, predict, train, visualize
 from jaxattr.data import input_pipeline, synthetic
+from jaxattr.evaluators import thresholds as thresholds_lib
 from jaxattr.models import model as model_lib
 from jaxattr.run import files, restore
 from tests.conftest import make_config, run_tool
@@ -137,9 +139,9 @@ def test_evaluate_reproduces_results_and_tunes_on_validation(run, direct):
   assert_close_metrics(report['metrics'], results['test'])
   # The table on stdout: every attribute with its test AP (voc) in %.
   for name, r in results['test']['per_attribute'].items():
-    row = next(line for line in proc.stdout.splitlines() if line.startswith(name + ' '))
+    row = next(line for line in proc.stdout.splitlines() if line.startswith(f'| {name} |'))
     ap = 'n/a' if r['ap_voc'] is None else f'{100 * r["ap_voc"]:.2f}'
-    assert row.split()[1] == ap, row
+    assert row.split('|')[2].strip() == ap, row
   assert 'thresholds tuned on validation' in proc.stdout
 
   # The thresholds maximise each attribute's F1 on VALIDATION (brute force, sklearn) ...
@@ -179,16 +181,27 @@ def test_evaluate_reproduces_results_and_tunes_on_validation(run, direct):
   assert saved['step'] == report['step'] and saved['thresholds'] == tuned['thresholds']
 
 
+def test_evaluate_flags_one_line_each(tmp_path):
+  flags = types.SimpleNamespace(
+    workdir=str(tmp_path / 'nope'), split='', batch_size=0, data_dir=str(tmp_path)
+  )
+  assert evaluate.evaluate_flags(flags) == [
+    f'--workdir: no such folder: {tmp_path / "nope"}',
+    '--split: must not be empty',
+    '--batch_size: must be a positive multiple of 4 devices, got 0',
+  ]
+
+
 def test_tune_thresholds_by_hand():
   probs = np.array([[0.9, 0.2], [0.8, 0.3], [0.4, 0.1], [0.3, 0.6], [0.1, 0.6]])
   labels = np.array([[1, 0], [1, 0], [0, 0], [1, -1], [0, 0]])
   # Attribute 0, sorted 0.9+ 0.8+ 0.4- 0.3+ 0.1-: F1 at k=1..5 = 2/4, 4/5, 4/6, 6/7, 6/8;
   # best k=4 -> midpoint (0.3 + 0.1) / 2. Attribute 1 has no positive: default.
-  np.testing.assert_allclose(evaluate.tune_thresholds(probs, labels), [0.2, 0.5])
+  np.testing.assert_allclose(thresholds_lib.tune_thresholds(probs, labels), [0.2, 0.5])
   # Ties cannot be split: 0.6 twice, the only positive among them.
   labels = np.array([[1, 0], [0, 0], [0, 0], [0, 0], [0, 1]])
   np.testing.assert_allclose(
-    evaluate.tune_thresholds(probs, labels, default=0.7), [0.85, (0.6 + 0.3) / 2]
+    thresholds_lib.tune_thresholds(probs, labels, default=0.7), [0.85, (0.6 + 0.3) / 2]
   )
 
 

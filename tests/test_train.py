@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from jaxattr import checkpoints, inference, losses, metrics, train
+from jaxattr import checkpoints, evaluators, inference, losses, metrics, train
 from jaxattr.data import input_pipeline
 from jaxattr.models import model as model_lib
 from jaxattr.run import logs
@@ -285,3 +285,32 @@ def test_init_compiled_at_o1_has_the_default_compiles_bits():
   assert len(jax.tree.leaves(default['params'])) > 100
   jax.tree.map(np.testing.assert_array_equal, state.params, default['params'])
   jax.tree.map(np.testing.assert_array_equal, state.batch_stats, default['batch_stats'])
+
+
+def test_peers_protocol_reports_the_test_curve_and_selects_the_same_checkpoint(data_dir, tmp_path):
+  """The test split every epoch is reported beside, never instead of, validation selection."""
+  n = 16  # Two epochs: evaluations at steps 8 and 16.
+  plain = make_config(data_dir, **{'train.max_steps': n})
+  peers = evaluators.add_peers_protocol(make_config(data_dir, **{'train.max_steps': n}))
+  a = train.train_and_evaluate(plain, str(tmp_path / 'a'), devices=jax.devices()[:1])
+  b = train.train_and_evaluate(peers, str(tmp_path / 'b'), devices=jax.devices()[:1])
+  assert b['best_step'] == a['best_step']
+  assert b['test']['map_voc'] == a['test']['map_voc']
+  assert b['validation']['map_voc'] == a['validation']['map_voc']
+
+  rows = [json.loads(x) for x in (tmp_path / 'b' / 'metrics.jsonl').read_text().splitlines()]
+  key = 'test_every_epoch/map_voc'
+  logged = {r['step']: r[key] for r in rows if key in r}
+  assert sorted(logged) == [8, 16]
+  curve = b['test_every_epoch']
+  assert [e['step'] for e in curve['per_epoch']] == [8, 16]
+  assert curve['best']['map_voc'] == max(logged.values())
+  # The epoch-8 row is the test metric of the state at step 8; at the selected step it
+  # equals the final test of the selected checkpoint (a second path to the same number).
+  at_best = next(e for e in curve['per_epoch'] if e['step'] == b['best_step'])
+  assert at_best['map_voc'] == pytest.approx(b['test']['map_voc'], abs=1e-6)
+  saved = json.loads((tmp_path / 'b' / 'results.json').read_text())
+  label = "best epoch on test (the peers' protocol; optimistic)"
+  assert saved['test_every_epoch']['label'] == label
+  assert label in (tmp_path / 'b' / 'results.md').read_text()
+  assert "peers' protocol" not in (tmp_path / 'a' / 'results.md').read_text()

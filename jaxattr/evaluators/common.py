@@ -1,8 +1,8 @@
-"""Evaluation of a model's variables on a split: predictions, metrics, pointing game, tables.
+"""What every evaluator shares: the eval step, the exact gather, the dataset and the mesh.
 
-The training loop (every epoch on the validation split, at the end on both) and
-`jaxattr.evaluate` (a saved run) share this module; both hand it the model's
-`variables` ({'params', 'batch_stats'}), never a train state.
+An evaluator (`jaxattr.evaluators`) scores a model's `variables` ({'params',
+'batch_stats'}), never a train state, so the training loop, `jaxattr.evaluate` and
+the experiments hand it the same thing.
 
 Exactness (docs/method.md, "Evaluation"):
   * Every example of the split is predicted exactly once: the last batch is padded
@@ -21,6 +21,7 @@ Data is read through `jaxattr.data.input_pipeline` (TensorFlow), imported only b
 the functions that read a split, so the eval step and the metrics run without it.
 """
 
+import abc
 import dataclasses
 import functools
 from collections.abc import Callable, Iterable, Sequence
@@ -36,10 +37,8 @@ from flax import linen as nn
 from jaxattr import inference, metrics, sharding
 from jaxattr.models import model as model_lib
 
-SCALAR_KEYS = ('map_voc', 'map_sklearn', 'ma', 'acc', 'prec', 'rec', 'f1')
-
-
-# --- The step and the gathering ------------------------------------------------------
+# The split roles an evaluator's `split` may name, and the config field holding each.
+SPLIT_ROLES = {'train': 'train_split', 'validation': 'eval_split', 'test': 'test_split'}
 
 
 def eval_step(
@@ -102,87 +101,6 @@ def gather(outputs: Iterable[dict[str, np.ndarray]], split: str = '') -> dict[st
   return data
 
 
-# --- Metrics -------------------------------------------------------------------------
-
-
-def compute_results(
-  data: dict[str, np.ndarray],
-  names: Sequence[str],
-  threshold: float | np.ndarray,
-  grids: dict[int, tuple[int, int]] | None = None,
-) -> dict[str, Any]:
-  """Every metric of a gathered split (`gather`), as plain Python numbers.
-
-  Args:
-    data: `probs`, `labels`, `index` and, on synthetic data, the cells and boxes.
-    names: attribute names.
-    threshold: decision threshold(s) of the threshold-dependent metrics.
-    grids: (h, w) of the masks per attention level, for the pointing game.
-
-  Returns:
-    `metrics.compute_metrics`'s dict plus `num_examples` and, with cue boxes,
-    `pointing_game`.
-  """
-  result = metrics.compute_metrics(data['probs'], data['labels'], names, threshold=threshold)
-  result['num_examples'] = int(len(data['index']))
-  if 'cue_boxes' in data:
-    result['pointing_game'] = pointing_game(data, names, grids or {})
-  return result
-
-
-def pointing_game(
-  data: dict[str, np.ndarray], names: Sequence[str], grids: dict[int, tuple[int, int]]
-) -> dict[str, Any]:
-  """Pointing-game accuracy and its chance level per attention level and attribute.
-
-  Chance is the hit rate of a uniformly random argmax cell on the same positives,
-  scored with the same cell rule (`metrics.pointing_game_chance`).
-
-  Args:
-    data: gathered eval outputs with `cells_*`, `cue_boxes` and `labels`.
-    names: attribute names.
-    grids: (h, w) of the masks per attention level.
-
-  Returns:
-    {'mask_<level>' / 'weighted_<level>': {'overall', 'chance', 'per_attribute',
-    'chance_per_attribute'}}; an attribute without positives has None.
-  """
-  out = {}
-  for key in sorted(k for k in data if k.startswith('cells_')):
-    level = int(key.rsplit('_', 1)[1])
-    grid = grids[level]
-    hits, counts = metrics.pointing_game(data[key], grid, data['cue_boxes'], data['labels'])
-    chance, _ = metrics.pointing_game_chance(data['cue_boxes'], data['labels'], grid)
-    valid = counts > 0
-    total = max(int(counts[valid].sum()), 1)
-
-    out[key[len('cells_') :]] = {
-      'overall': float(np.sum(hits[valid] * counts[valid]) / total),
-      'chance': float(np.sum(chance[valid] * counts[valid]) / total),
-      'per_attribute': _per_attribute(names, hits, counts),
-      'chance_per_attribute': _per_attribute(names, chance, counts),
-    }
-  return out
-
-
-def _per_attribute(names, values, counts) -> dict[str, float | None]:
-  return {n: (float(x) if c else None) for n, x, c in zip(names, values, counts, strict=True)}
-
-
-def selection_value(result: dict[str, Any], config: ml_collections.ConfigDict) -> float:
-  """The validation number that picks the best checkpoint (`config.eval.metric`)."""
-  key = {'map': f'map_{config.eval.ap}', 'ma': 'ma', 'f1': 'f1'}[config.eval.metric]
-  return float(result[key])
-
-
-def flat_scalars(result: dict[str, Any]) -> dict[str, float]:
-  """The overall metrics of a split's result (what the metric writers log)."""
-  return {k: result[k] for k in SCALAR_KEYS if k in result}
-
-
-# --- Evaluating variables on a split --------------------------------------------------
-
-
 def open_dataset(config: ml_collections.ConfigDict):
   """The prepared TFDS builder and its `DatasetInfo` (process 0 prepares, all wait).
 
@@ -206,9 +124,14 @@ def open_dataset(config: ml_collections.ConfigDict):
   return builder, info
 
 
+def split_name(data_config: ml_collections.ConfigDict, split: str) -> str:
+  """The TFDS split of a role ('train', 'validation', 'test'); any other name as given."""
+  return data_config[SPLIT_ROLES[split]] if split in SPLIT_ROLES else split
+
+
 @dataclasses.dataclass
-class Evaluator:
-  """A dataset, a model and the compiled eval step on a mesh: evaluates variables."""
+class Context:
+  """What the evaluators of a run share: dataset, model, mesh and the compiled eval step."""
 
   config: ml_collections.ConfigDict
   builder: Any
@@ -219,10 +142,20 @@ class Evaluator:
   def __post_init__(self):
     sharding.check_divides(self.mesh, **{'eval.batch_size': self.config.eval.batch_size})
     self.infer_fn = inference.make_infer_fn(self.model, self.config.data)
-    self.step = jax.jit(
+    self.step = self.compile(
       functools.partial(
         eval_step, infer_fn=self.infer_fn, levels=tuple(self.config.model.attention.levels)
-      ),
+      )
+    )
+
+  @property
+  def names(self) -> list[str]:
+    return list(self.info.attribute_names)
+
+  def compile(self, fn: Callable) -> Callable:
+    """`fn(variables, batch) -> outputs` jitted: variables replicated, batch split on 'data'."""
+    return jax.jit(
+      fn,
       in_shardings=(sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)),
       out_shardings=sharding.replicated(self.mesh),
     )
@@ -235,94 +168,52 @@ class Evaluator:
     levels = self.config.model.attention.levels
     return {int(lv): tuple(m.shape[1:3]) for lv, m in zip(levels, masks, strict=True)}
 
-  def predictions(self, variables: dict[str, Any], split: str) -> dict[str, np.ndarray]:
-    """The eval-step outputs of every example of `split`, sorted by example index."""
+  def predictions(
+    self, variables: dict[str, Any], split: str, step: Callable | None = None, limit: int = 0
+  ) -> dict[str, np.ndarray]:
+    """The outputs of `step` (default the eval step) on every example of `split`, gathered.
+
+    Args:
+      variables: the model's {'params', 'batch_stats'}, replicated on the mesh.
+      split: a split role or TFDS split name.
+      step: a function compiled by `compile` whose outputs carry `mask` and `index`.
+      limit: > 0 stops after the batches that hold the first `limit` examples.
+
+    Returns:
+      `gather`'s arrays.
+    """
     from jaxattr.data import input_pipeline
 
+    name = split_name(self.config.data, split)
     batches, _ = input_pipeline.eval_batches(
       self.builder,
       self.config.data,
-      split,
+      name,
       global_batch=self.config.eval.batch_size,
       process_index=jax.process_index(),
       process_count=jax.process_count(),
       extra_keys=('cue_boxes',) if self.info.has_cue_boxes else (),
     )
+    step = step or self.step
     data_sharding = sharding.batch_sharded(self.mesh)
-    outputs = (
-      jax.device_get(self.step(variables, sharding.to_global(b, data_sharding))) for b in batches
-    )
-    return gather(outputs, split)
-
-  def evaluate(
-    self, variables: dict[str, Any], split: str
-  ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Metrics over every example of `split`, and the gathered predictions.
-
-    Args:
-      variables: the model's {'params', 'batch_stats'}, replicated on the mesh.
-      split: the split name.
-
-    Returns:
-      (`compute_results`'s dict, the gathered predictions).
-    """
-    data = self.predictions(variables, split)
-    grids = self.grids(variables) if self.info.has_cue_boxes else None
-    result = compute_results(data, self.info.attribute_names, self.config.eval.threshold, grids)
-    return result, data
+    outputs, seen = [], 0
+    for batch in batches:
+      outputs.append(jax.device_get(step(variables, sharding.to_global(batch, data_sharding))))
+      seen += self.config.eval.batch_size
+      if limit and seen >= limit:
+        break
+    return gather(outputs, name)
 
 
-def create_evaluator(config: ml_collections.ConfigDict, devices=None) -> Evaluator:
-  """An `Evaluator` of a config: its dataset, its model and a mesh over `devices`."""
+def create_context(config: ml_collections.ConfigDict, devices=None) -> Context:
+  """The `Context` of a config: its dataset, its model and a mesh over `devices`."""
   builder, info = open_dataset(config)
   model = model_lib.create_model(config.model, info.num_classes)
-  return Evaluator(config, builder, info, model, sharding.create_mesh(devices))
-
-
-# --- Reports -------------------------------------------------------------------------
-
-
-def results_markdown(results: dict[str, Any]) -> str:
-  """The overall and per-attribute test (and validation) metrics as markdown."""
-  test, val = results['test'], results['validation']
-  lines = [
-    f'# Results: {results["dataset"]}',
-    '',
-    f'Best validation step {results.get("best_step", results["steps"])} of {results["steps"]}; '
-    f'wall time {results["wall_time_s"]:.0f} s.',
-    '',
-    '| split | mAP (voc) | mAP (sklearn) | mA | Acc | Prec | Rec | F1 |',
-    '|---|---|---|---|---|---|---|---|',
-  ]
-  for name, r in (('validation', val), ('test', test)):
-    cells = ' | '.join(f'{100 * r[k]:.2f}' for k in flat_scalars(r))
-    lines.append(f'| {name} | {cells} |')
-  lines += [
-    '',
-    '| attribute (test) | AP (voc) | AP (sklearn) | mA | Prec | Rec | F1 | positives |',
-    '|---|---|---|---|---|---|---|---|',
-  ]
-  for name, r in test['per_attribute'].items():
-    vals = [r['ap_voc'], r['ap_sklearn'], r['ma'], r['precision'], r['recall'], r['f1']]
-    cells = ' | '.join(f'{100 * v:.2f}' for v in vals)
-    lines.append(f'| {name} | {cells} | {r["positives"]} |')
-  if 'pointing_game' in test:
-    lines += ['', '| pointing game (test) | overall | chance |', '|---|---|---|']
-    for name, r in test['pointing_game'].items():
-      lines.append(f'| {name} | {100 * r["overall"]:.1f} | {100 * r["chance"]:.1f} |')
-  return '\n'.join(lines) + '\n'
-
-
-def pointing_game_lines(result: dict[str, Any]) -> list[str]:
-  """One line per mask kind: the measured pointing-game rate beside its chance level."""
-  return [
-    f'pointing game {name}: {100 * r["overall"]:.1f} % (chance {100 * r["chance"]:.1f} %)'
-    for name, r in result.get('pointing_game', {}).items()
-  ]
+  return Context(config, builder, info, model, sharding.create_mesh(devices))
 
 
 def attention_grid(
-  evaluator: Evaluator, variables: dict[str, Any], path: Path, max_scan: int = 512
+  ctx: Context, variables: dict[str, Any], path: Path, max_scan: int = 512
 ) -> Path:
   """Draws the attention masks of every level over test images (README, demo).
 
@@ -331,7 +222,7 @@ def attention_grid(
   from the same inference function as `jaxattr.predict` (`inference.Predictor`).
 
   Args:
-    evaluator: the run's evaluator (dataset, model, config).
+    ctx: the run's evaluation context (dataset, model, config).
     variables: the model's {'params', 'batch_stats'}.
     path: the PNG to write.
     max_scan: test images searched for the columns' attributes.
@@ -342,11 +233,11 @@ def attention_grid(
   from jaxattr import visualize  # matplotlib only when a grid is asked for.
   from jaxattr.data import input_pipeline
 
-  config, info = evaluator.config, evaluator.info
+  config, info = ctx.config, ctx.info
   names = info.attribute_names
   order = np.argsort(info.positive_ratio)  # Rarest first.
   columns = [names[i] for i in (*order[:4], *order[-2:])]
-  ds = evaluator.builder.as_dataset(split=config.data.test_split, shuffle_files=False)
+  ds = ctx.builder.as_dataset(split=config.data.test_split, shuffle_files=False)
   chosen, used = [], set()
   for example in ds.take(max_scan).as_numpy_iterator():
     hits = [c for c in columns if example['labels'][names.index(c)] == 1 and c not in used]
@@ -359,7 +250,7 @@ def attention_grid(
     [input_pipeline.eval_preprocess(e['image'], config.data).numpy() for e in chosen]
   )
   predictor = inference.Predictor.from_variables(
-    evaluator.model, jax.device_get(variables), config, names, batch_size=len(images)
+    ctx.model, jax.device_get(variables), config, names, batch_size=len(images)
   )
   out = predictor(images)
   logging.info('Drawing the attention grid of %d test images to %s', len(images), path)
@@ -373,3 +264,60 @@ def attention_grid(
     path,
     level_names=[str(level) for level in config.model.attention.levels],
   )
+
+
+class Evaluator(abc.ABC):
+  """One evaluation declared in `config.evals.<name>`, over one split.
+
+  `run(variables)` returns the flat scalars `{'<name>/<metric>': value}` that the
+  loop logs (and selects on), and keeps the full result (per attribute, tables) in
+  `details` for results.json and the markdown report. A type subclasses this with
+  `OPTIONS` (its own options and their defaults), `check` (the problems of its
+  options), `evaluate` (variables -> details) and `scalars` (details -> metrics).
+
+  Attributes:
+    name: the key in `config.evals`; prefixes the metrics.
+    spec: the resolved options (`jaxattr.evaluators.resolve`).
+    ctx: the run's `Context`.
+    details: the result of the last `run` (None before).
+  """
+
+  OPTIONS: dict[str, Any] = {}
+
+  def __init__(self, name: str, spec: dict[str, Any], ctx: Context):
+    self.name, self.spec, self.ctx = name, spec, ctx
+    self.details: dict[str, Any] | None = None
+
+  @classmethod
+  def check(cls, name: str, spec: dict[str, Any]) -> list[str]:
+    """Problem lines of this type's options (`config.evals.<name>.<option>: ...`)."""
+    del name, spec
+    return []
+
+  @property
+  def split(self) -> str:
+    """The TFDS split it reads."""
+    return split_name(self.ctx.config.data, self.spec['split'])
+
+  @abc.abstractmethod
+  def evaluate(self, variables: dict[str, Any]) -> dict[str, Any]:
+    """The full result on the split (what `details` holds)."""
+
+  @abc.abstractmethod
+  def scalars(self, details: dict[str, Any]) -> dict[str, float]:
+    """The overall metrics of a result, unprefixed."""
+
+  def curve(self, rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
+    """What a periodic evaluator reports at the end from its logged rows; None: nothing.
+
+    Args:
+      rows: the run's metrics.jsonl rows, one per step (the last one written wins).
+      metric: the selection metric's key (e.g. 'map_voc').
+    """
+    del rows, metric
+    return None
+
+  def run(self, variables: dict[str, Any]) -> dict[str, float]:
+    """Evaluates `variables`: `{'<name>/<metric>': value}`; the full result goes to `details`."""
+    self.details = self.evaluate(variables)
+    return {f'{self.name}/{k}': float(v) for k, v in self.scalars(self.details).items()}
