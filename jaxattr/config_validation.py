@@ -129,46 +129,6 @@ def evaluate_flags(flags: Any) -> list[str]:
   return [p for p in problems if p]
 
 
-def predict_flags(flags: Any, inputs: Sequence[str]) -> list[str]:
-  """Problems of `jaxattr.predict`'s flags and inputs (the images are checked one by one later)."""
-  problems = []
-  if bool(flags.workdir) == bool(flags.exported):
-    problems.append('--workdir, --exported: give exactly one of them')
-  elif flags.workdir:
-    problems.append(_run_folder('--workdir', flags.workdir))
-  elif not Path(flags.exported).expanduser().is_file():
-    problems.append(f'--exported: no such file: {flags.exported}')
-  problems.append(check_int('--batch_size', flags.batch_size, 1))
-  problems.append(check_int('--top_k', flags.top_k, 1))
-  if not inputs:
-    problems.append('inputs: give at least one image or folder after the flags')
-  return [p for p in problems if p]
-
-
-EXPORT_PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
-
-
-def export_flags(flags: Any) -> list[str]:
-  """Problems of `jaxattr.export`'s flags (--workdir, --output, --batch_size, --platforms)."""
-  problems = [_run_folder('--workdir', flags.workdir)]
-  if not flags.output:
-    problems.append('--output: required')
-  else:
-    output = Path(flags.output).expanduser()
-    if output.is_dir():
-      problems.append(f'--output: {flags.output} is a folder; give a file name')
-    elif not output.parent.is_dir():
-      problems.append(f'--output: no such folder: {output.parent}')
-  problems.append(check_int('--batch_size', flags.batch_size, 0))
-  unknown = [p for p in flags.platforms or () if p not in EXPORT_PLATFORMS]
-  if unknown or not flags.platforms:
-    problems.append(
-      f'--platforms: each must be one of {", ".join(EXPORT_PLATFORMS)}; got '
-      f'{",".join(flags.platforms or ()) or "nothing"}'
-    )
-  return [p for p in problems if p]
-
-
 # --- Registries -----------------------------------------------------------------------
 
 
