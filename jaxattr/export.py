@@ -141,6 +141,36 @@ def export_run(
     _write_atomically(output, [proto.SerializeToString()])
     return header
 
+  exported, leaves = to_stablehlo(infer, variables, size, batch_size, platforms)
+  header['platforms'] = list(exported.platforms)
+  params = io.BytesIO()
+  np.savez(params, **{f'p{i:05d}': np.asarray(x) for i, x in enumerate(jax.device_get(leaves))})
+  header_bytes = json.dumps(header, indent=1).encode()
+  program = bytes(exported.serialize())
+  parts = [MAGIC]
+  for part in (header_bytes, program):
+    parts += [struct.pack('<Q', len(part)), part]
+  _write_atomically(output, [*parts, params.getvalue()])
+  return header
+
+
+def to_stablehlo(
+  infer: Any, variables: Any, image_size: int, batch_size: int, platforms: Sequence[str]
+) -> tuple[Any, list]:
+  """`jax.export` of `infer(variables, images)` with the variables as a flat first argument.
+
+  Args:
+    infer: `inference.make_infer_fn`'s function.
+    variables: its first argument.
+    image_size: S of the uint8 [B, S, S, 3] input.
+    batch_size: 0 for a symbolic batch dimension, else this fixed one.
+    platforms: `jax.export` platforms to lower for.
+
+  Returns:
+    (the `jax.export.Exported`, the variables' leaves: its first argument).
+  """
+  import jax
+
   leaves, treedef = jax.tree.flatten(variables)
 
   def infer_flat(params: list, images: jax.Array) -> dict[str, Any]:
@@ -152,19 +182,9 @@ def export_run(
     (batch,) = jax.export.symbolic_shape('b')
   args = (
     [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves],
-    jax.ShapeDtypeStruct((batch, size, size, 3), np.uint8),
+    jax.ShapeDtypeStruct((batch, image_size, image_size, 3), np.uint8),
   )
-  exported = jax.export.export(jax.jit(infer_flat), platforms=tuple(platforms))(*args)
-  header['platforms'] = list(exported.platforms)
-  params = io.BytesIO()
-  np.savez(params, **{f'p{i:05d}': np.asarray(x) for i, x in enumerate(jax.device_get(leaves))})
-  header_bytes = json.dumps(header, indent=1).encode()
-  program = bytes(exported.serialize())
-  parts = [MAGIC]
-  for part in (header_bytes, program):
-    parts += [struct.pack('<Q', len(part)), part]
-  _write_atomically(output, [*parts, params.getvalue()])
-  return header
+  return jax.export.export(jax.jit(infer_flat), platforms=tuple(platforms))(*args), leaves
 
 
 def _write_atomically(output: str | Path, parts: Sequence[bytes]) -> None:
