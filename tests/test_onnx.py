@@ -24,7 +24,7 @@ from jaxattr.configs import test as test_config
 from jaxattr.data import synthetic
 from jaxattr.models import model as model_lib
 from tests.conftest import REPO, TOOL_ENV, run_tool
-from tests.test_tools import direct, images, run  # noqa: F401 (fixtures)
+from tests.test_tools import assert_json_records_match, direct, images, run  # noqa: F401
 
 # family -> (registered architecture, width, depth) at 64x64: the test configs' sizes
 # (configs/test.py's ResNet-18; tests/test_backbones_train.py's ViT, Swin, ConvNeXt).
@@ -171,21 +171,13 @@ def test_export_onnx_then_predict_without_jax(run, direct, images, tmp_path):  #
     [sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, env=TOOL_ENV, timeout=120
   )
   assert 'exit 0 imported []' in proc.stderr, proc.stderr[-3000:]
-  records = [json.loads(line) for line in proc.stdout.splitlines()]
-  expected, _ = direct(images['arrays'])
-  got = np.array([[r['probabilities'][n] for n in synthetic.ATTRIBUTES] for r in records])
-  np.testing.assert_allclose(got, expected, atol=1e-5)
-  thresholds = np.array(header['thresholds'])
-  for r, e in zip(records, expected, strict=True):
-    assert r['predicted'] == [
-      n for n, p, t in zip(synthetic.ATTRIBUTES, e, thresholds, strict=True) if p > t
-    ]
+  expected, expected_masks = direct(images['arrays'])
+  assert_json_records_match(proc.stdout, expected, np.array(header['thresholds']))
 
   # The library form: masks too, any number of images, a box and a figure.
   predictor = export.load(model_file, batch_size=2)
   assert isinstance(predictor, onnx_model.OnnxPredictor)
   out = predictor(images['arrays'])
-  expected, expected_masks = direct(images['arrays'])
   np.testing.assert_allclose(out['probs'], expected, atol=1e-5)
   for got_mask, want in zip(out['masks'], expected_masks, strict=True):
     np.testing.assert_allclose(got_mask, want, atol=1e-5)

@@ -110,6 +110,17 @@ def parse_tables(stdout: str) -> dict[str, dict[str, tuple[float, str]]]:
   return tables
 
 
+def assert_json_records_match(stdout: str, expected: np.ndarray, thresholds: np.ndarray) -> None:
+  """predict --json's lines: probabilities within 1e-5 of `expected`, decisions `p > t`."""
+  records = [json.loads(line) for line in stdout.splitlines()]
+  got = np.array([[r['probabilities'][n] for n in synthetic.ATTRIBUTES] for r in records])
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+  for r, e in zip(records, expected, strict=True):
+    assert r['predicted'] == [
+      n for n, p, t in zip(synthetic.ATTRIBUTES, e, thresholds, strict=True) if p > t
+    ]
+
+
 def assert_close_metrics(got, expected, path='') -> None:
   """Equal nested metric dicts: same keys, numbers within 1e-9, NaN == NaN."""
   if isinstance(expected, dict):
@@ -387,15 +398,8 @@ def test_export_then_predict_exported(run, direct, images, tmp_path):
     *map(str, images['small']),
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  records = [json.loads(line) for line in proc.stdout.splitlines()]
   expected, expected_masks = direct(images['arrays'])
-  got = np.array([[r['probabilities'][n] for n in synthetic.ATTRIBUTES] for r in records])
-  np.testing.assert_allclose(got, expected, atol=1e-5)
-  thresholds = np.array(header['thresholds'])
-  for r, e in zip(records, expected, strict=True):
-    assert r['predicted'] == [
-      n for n, p, t in zip(synthetic.ATTRIBUTES, e, thresholds, strict=True) if p > t
-    ]
+  assert_json_records_match(proc.stdout, expected, np.array(header['thresholds']))
 
   # The symbolic batch dimension: any batch size, masks too, no model code involved.
   for batch in (1, 3):
