@@ -41,7 +41,9 @@ class OnnxModelError(ValueError):
 def output_names(levels: Sequence[int]) -> list[str]:
   """The graph's outputs, in order: 'probs', then masks and confidences per level."""
   return (
-    ['probs'] + [f'masks_{level}' for level in levels] + [f'confidences_{level}' for level in levels]
+    ['probs']
+    + [f'masks_{level}' for level in levels]
+    + [f'confidences_{level}' for level in levels]
   )
 
 
@@ -269,9 +271,7 @@ class OnnxPredictor:
     options.intra_op_num_threads = threads
     options.log_severity_level = 3  # Errors only: a command-line tool's stderr stays clean.
     try:
-      self._session = ort.InferenceSession(
-        str(path), options, providers=['CPUExecutionProvider']
-      )
+      self._session = ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
     except Exception as e:  # noqa: BLE001  (ORT raises its own exception types)
       raise OnnxModelError(f'{path}: not a readable ONNX model ({e}).') from None
     text = self._session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
@@ -301,7 +301,9 @@ class OnnxPredictor:
         f'{images.dtype} {images.shape}.'
       )
     if self._fixed and n < self.batch_size:
-      images = np.concatenate([images, np.zeros((self.batch_size - n, *images.shape[1:]), np.uint8)])
+      images = np.concatenate(
+        [images, np.zeros((self.batch_size - n, *images.shape[1:]), np.uint8)]
+      )
     out = self._session.run(self._outputs, {INPUT_NAME: images})
     k = len(self.levels)
     return {
@@ -325,11 +327,14 @@ class OnnxPredictor:
     def finish():
       out = self._run(np.stack(images))
       for i, key in enumerate(keys):
-        yield key, {
-          'probs': out['probs'][i],
-          'masks': tuple(m[i] for m in out['masks']),
-          'confidences': tuple(c[i] for c in out['confidences']),
-        }
+        yield (
+          key,
+          {
+            'probs': out['probs'][i],
+            'masks': tuple(m[i] for m in out['masks']),
+            'confidences': tuple(c[i] for c in out['confidences']),
+          },
+        )
 
     for key, image in items:
       keys.append(key)
@@ -345,7 +350,9 @@ class OnnxPredictor:
     images = np.asarray(images)
     if not len(images):
       raise ValueError('no images.')
-    outs = [self._run(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
+    outs = [
+      self._run(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)
+    ]
     return {
       'probs': np.concatenate([o['probs'] for o in outs]),
       'masks': tuple(np.concatenate(xs) for xs in zip(*(o['masks'] for o in outs), strict=True)),

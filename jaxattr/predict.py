@@ -16,7 +16,10 @@ or an exported file (`python -m jaxattr.export`, no model code needed).
 An ONNX file (`--format=onnx` export) runs with ONNX Runtime, and neither JAX nor
 TensorFlow is imported: images are decoded by PIL and resized by `resize`, the
 evaluation's antialiased bilinear filter in numpy (equal to TensorFlow's up to
-float rounding, so a pixel may differ by one level).
+float rounding, so a pixel may differ by one level). PNGs decode to the same pixels;
+JPEGs do not quite: TensorFlow's decoder uses libjpeg's fast integer DCT, PIL the
+accurate one (about one level apart on average, a few at most), which moves the
+demo model's probabilities by up to ~0.01.
 
 Decisions are `p > threshold`: the run's tuned thresholds for that checkpoint
 (`python -m jaxattr.evaluate --tune_thresholds`) if there are any, else
