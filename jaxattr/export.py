@@ -2,16 +2,18 @@
 
   python -m jaxattr.export --workdir=runs/demo --output=model.bin
   python -m jaxattr.predict --exported=model.bin person.jpg
+  python -m jaxattr.export --workdir=runs/demo --format=onnx --output=model.onnx
+  python -m jaxattr.predict --exported=model.onnx person.jpg
 
 The function uint8 images [B, S, S, 3] -> {'probs' [B, C], 'masks' and
-'confidences' (one [B, h, w, C] per attention level)} is serialised with
-`jax.export` (StableHLO) for the chosen platforms, with a symbolic batch dimension
-(any B; `--batch_size` fixes it instead). Normalisation is inside the function; the
-caller resizes the crop to S x S (bilinear, antialiased, as the evaluation does).
-The parameters are passed to the function, not baked into the program, and stored
-beside it.
+'confidences' (one [B, h, w, C] per attention level)} is exported with a dynamic
+batch dimension (any B; `--batch_size` fixes it instead). Normalisation is inside
+the function; the caller resizes the crop to S x S (bilinear, antialiased, as the
+evaluation does).
 
-File layout (little-endian):
+--format=stablehlo (the default): `jax.export` (StableHLO) for the chosen platforms;
+the parameters are passed to the function, not baked into the program, and stored
+beside it. File layout (little-endian):
 
   8 bytes   magic b'JAXATTR1'
   8 bytes   n = length of the header; n bytes of JSON: attribute names, image size,
@@ -21,7 +23,11 @@ File layout (little-endian):
             in the order of the program's first argument (a flat list)
 
 `read` needs only numpy and jax; docs/tools.md shows a ten-line loader without jaxattr.
-"""
+
+--format=onnx: an ONNX model (`jaxattr.onnx_model`) with the parameters as
+initializers, the outputs 'probs', 'masks_<level>', 'confidences_<level>', and the
+same header as JSON in its metadata under 'jaxattr'. ONNX Runtime runs it; so does
+`jaxattr.predict` without JAX or TensorFlow."""
 
 import io
 import json
@@ -32,12 +38,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 from absl import app, flags, logging
 
 MAGIC = b'JAXATTR1'
 FORMAT_VERSION = 1
+FORMATS = ('stablehlo', 'onnx')
+PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
 
 FLAGS = flags.FLAGS
 
@@ -48,7 +55,10 @@ def _define_flags() -> None:
   flags.DEFINE_string('output', None, 'The file to write (e.g. model.bin).')
   flags.DEFINE_enum('checkpoint', 'auto', ['auto', 'best', 'latest'], 'auto: best, else latest.')
   flags.DEFINE_integer('batch_size', 0, '0: symbolic batch dimension; > 0: this fixed batch size.')
-  flags.DEFINE_list('platforms', ['cpu', 'cuda'], 'Platforms to lower for (cpu, cuda, rocm, tpu).')
+  flags.DEFINE_enum('format', 'stablehlo', FORMATS, 'stablehlo (jax.export) or onnx.')
+  flags.DEFINE_list(
+    'platforms', ['cpu', 'cuda'], 'StableHLO: platforms to lower for (cpu, cuda, rocm, tpu).'
+  )
   flags.DEFINE_bool('tuned_thresholds', True, "Ship the run's tuned thresholds if it has some.")
 
 
@@ -60,6 +70,7 @@ def export_run(
   workdir: str | Path,
   output: str | Path,
   *,
+  format: str = 'stablehlo',  # noqa: A002  (the flag's name)
   checkpoint: str = 'auto',
   batch_size: int = 0,
   platforms: Sequence[str] = ('cpu', 'cuda'),
@@ -70,19 +81,24 @@ def export_run(
   Args:
     workdir: the run's workdir.
     output: the file to write.
+    format: 'stablehlo' (`jax.export`) or 'onnx'.
     checkpoint: 'best', 'latest' or 'auto' (best, else latest).
-    batch_size: 0 for a symbolic batch dimension, else a fixed batch size.
-    platforms: `jax.export` platforms to lower for.
+    batch_size: 0 for a dynamic batch dimension, else a fixed batch size.
+    platforms: `jax.export` platforms to lower for (StableHLO only).
     tuned_thresholds: ship the run's tuned thresholds of that checkpoint if any,
       else `config.eval.threshold`.
 
   Returns:
     The header written.
   """
+  import jax
+
   from jaxattr import inference
   from jaxattr.models import model as model_lib
   from jaxattr.run import files, restore
 
+  if format not in FORMATS:
+    raise ValueError(f'format must be one of {", ".join(FORMATS)}, not {format!r}.')
   config = files.load_config(workdir)
   ref = restore.resolve_checkpoint(workdir, checkpoint)
   names, _ = files.load_attributes(workdir)
@@ -92,30 +108,16 @@ def export_run(
     thresholds = np.full(len(names), float(config.eval.threshold))
   model = model_lib.create_model(config.model, len(names))
   infer = inference.make_infer_fn(model, config.data)
-  leaves, treedef = jax.tree.flatten(variables)
-
-  def infer_flat(params: list, images: jax.Array) -> dict[str, Any]:
-    return infer(jax.tree.unflatten(treedef, params), images)
-
   size = int(config.data.image_size)
-  if batch_size:
-    batch = batch_size
-  else:
-    (batch,) = jax.export.symbolic_shape('b')
-  args = (
-    [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves],
-    jax.ShapeDtypeStruct((batch, size, size, 3), np.uint8),
-  )
-  exported = jax.export.export(jax.jit(infer_flat), platforms=tuple(platforms))(*args)
+  levels = [int(level) for level in config.model.attention.levels]
   header = {
     'format': 'jaxattr-exported',
     'version': FORMAT_VERSION,
     'attribute_names': list(names),
     'image_size': size,
     'thresholds': [float(t) for t in thresholds],
-    'levels': [int(level) for level in config.model.attention.levels],
+    'levels': levels,
     'batch_size': int(batch_size) or None,
-    'platforms': list(exported.platforms),
     'input': 'uint8 [B, S, S, 3] RGB, the crop resized to S x S (bilinear, antialiased)',
     'outputs': {
       'probs': 'float32 [B, C], sigmoid of the aggregated logits',
@@ -131,24 +133,81 @@ def export_run(
       'depth': float(config.model.get('depth', 1.0)),
     },
   }
+  if format == 'onnx':
+    from jaxattr import onnx_model
+
+    proto = onnx_model.convert(
+      infer, variables, image_size=size, levels=levels, header=header, batch_size=batch_size
+    )
+    _write_atomically(output, [proto.SerializeToString()])
+    return header
+
+  exported, leaves = to_stablehlo(infer, variables, size, batch_size, platforms)
+  header['platforms'] = list(exported.platforms)
   params = io.BytesIO()
   np.savez(params, **{f'p{i:05d}': np.asarray(x) for i, x in enumerate(jax.device_get(leaves))})
   header_bytes = json.dumps(header, indent=1).encode()
   program = bytes(exported.serialize())
+  parts = [MAGIC]
+  for part in (header_bytes, program):
+    parts += [struct.pack('<Q', len(part)), part]
+  _write_atomically(output, [*parts, params.getvalue()])
+  return header
+
+
+def to_stablehlo(
+  infer: Any, variables: Any, image_size: int, batch_size: int, platforms: Sequence[str]
+) -> tuple[Any, list]:
+  """`jax.export` of `infer(variables, images)` with the variables as a flat first argument.
+
+  Args:
+    infer: `inference.make_infer_fn`'s function.
+    variables: its first argument.
+    image_size: S of the uint8 [B, S, S, 3] input.
+    batch_size: 0 for a symbolic batch dimension, else this fixed one.
+    platforms: `jax.export` platforms to lower for.
+
+  Returns:
+    (the `jax.export.Exported`, the variables' leaves: its first argument).
+  """
+  import jax
+
+  leaves, treedef = jax.tree.flatten(variables)
+
+  def infer_flat(params: list, images: jax.Array) -> dict[str, Any]:
+    return infer(jax.tree.unflatten(treedef, params), images)
+
+  if batch_size:
+    batch = batch_size
+  else:
+    (batch,) = jax.export.symbolic_shape('b')
+  args = (
+    [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves],
+    jax.ShapeDtypeStruct((batch, image_size, image_size, 3), np.uint8),
+  )
+  return jax.export.export(jax.jit(infer_flat), platforms=tuple(platforms))(*args), leaves
+
+
+def _write_atomically(output: str | Path, parts: Sequence[bytes]) -> None:
   output = Path(output)
   output.parent.mkdir(parents=True, exist_ok=True)
   tmp = output.with_name(output.name + '.tmp')
   with open(tmp, 'wb') as f:
-    f.write(MAGIC)
-    for part in (header_bytes, program):
-      f.write(struct.pack('<Q', len(part)))
+    for part in parts:
       f.write(part)
-    f.write(params.getvalue())
   tmp.replace(output)  # A reader never sees half a file.
-  return header
 
 
-def read(path: str | Path) -> tuple[dict[str, Any], jax.export.Exported, list[np.ndarray]]:
+def is_stablehlo_file(path: str | Path) -> bool:
+  """Whether a file starts as a StableHLO export does (else it is taken to be ONNX)."""
+  try:
+    with open(path, 'rb') as f:
+      return f.read(len(MAGIC)) == MAGIC
+  except OSError:
+    return False
+
+
+def read(path: str | Path) -> tuple[dict[str, Any], Any, list[np.ndarray]]:
   """Reads an exported file.
 
   Args:
@@ -161,6 +220,8 @@ def read(path: str | Path) -> tuple[dict[str, Any], jax.export.Exported, list[np
     ExportError: if the file is not a jaxattr export of this version.
     OSError: if it cannot be read.
   """
+  import jax
+
   try:
     data = Path(path).read_bytes()
   except FileNotFoundError:
@@ -185,16 +246,23 @@ def read(path: str | Path) -> tuple[dict[str, Any], jax.export.Exported, list[np
 
 
 def load(path: str | Path, batch_size: int = 32):
-  """An `inference.Predictor` that runs an exported file (no model code involved).
+  """A predictor that runs an exported file (no model code involved).
+
+  A file that does not start with `MAGIC` and is named *.onnx is an ONNX model, run by
+  `onnx_model.OnnxPredictor` (ONNX Runtime; JAX is not imported).
 
   Args:
     path: the exported file.
-    batch_size: the fixed batch size the predictor pads to (ignored when the file
+    batch_size: the batch size the predictor runs at once (ignored when the file
       has a fixed batch size: that one is used).
 
   Returns:
-    The predictor.
+    An `inference.Predictor` (StableHLO) or an `onnx_model.OnnxPredictor`.
   """
+  if Path(path).suffix.lower() == '.onnx' and not is_stablehlo_file(path):
+    from jaxattr import onnx_model
+
+    return onnx_model.OnnxPredictor(path, batch_size=batch_size)
   from jaxattr import inference
 
   header, exported, leaves = read(path)
@@ -211,6 +279,33 @@ def load(path: str | Path, batch_size: int = 32):
   )
 
 
+def export_flags(flags: Any) -> list[str]:
+  """Problems of the flags (--workdir, --output, --batch_size, --platforms), one line each."""
+  from jaxattr import config_validation
+
+  problems = []
+  if not flags.workdir:
+    problems.append('--workdir: required')
+  else:
+    problems.append(config_validation.check_dir('--workdir', flags.workdir))
+  if not flags.output:
+    problems.append('--output: required')
+  else:
+    output = Path(flags.output).expanduser()
+    if output.is_dir():
+      problems.append(f'--output: {flags.output} is a folder; give a file name')
+    elif not output.parent.is_dir():
+      problems.append(f'--output: no such folder: {output.parent}')
+  problems.append(config_validation.check_int('--batch_size', flags.batch_size, 0))
+  unknown = [p for p in flags.platforms or () if p not in PLATFORMS]
+  if unknown or not flags.platforms:
+    problems.append(
+      f'--platforms: each must be one of {", ".join(PLATFORMS)}; got '
+      f'{",".join(flags.platforms or ()) or "nothing"}'
+    )
+  return [p for p in problems if p]
+
+
 def main(argv: Sequence[str]) -> int:
   # A command-line tool: warnings and errors only, unless --verbosity asks for more.
   if not FLAGS['verbosity'].present:
@@ -222,11 +317,12 @@ def main(argv: Sequence[str]) -> int:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   from jaxattr import config_validation  # Every bad flag, one line each; exit code 2.
 
-  config_validation.exit_if_problems(config_validation.export_flags(FLAGS), 'jaxattr.export')
+  config_validation.exit_if_problems(export_flags(FLAGS), 'jaxattr.export')
   try:
     header = export_run(
       FLAGS.workdir,
       FLAGS.output,
+      format=FLAGS.format,
       checkpoint=FLAGS.checkpoint,
       batch_size=FLAGS.batch_size,
       platforms=FLAGS.platforms,
@@ -237,11 +333,12 @@ def main(argv: Sequence[str]) -> int:
     return 1
   size = Path(FLAGS.output).stat().st_size
   batch = header['batch_size'] or 'any'
+  target = 'ONNX' if FLAGS.format == 'onnx' else 'platforms ' + ','.join(header['platforms'])
   logging.info('Wrote %s (%d bytes).', FLAGS.output, size)
   print(
     f'Wrote {FLAGS.output}: {len(header["attribute_names"])} attributes, '
     f'{header["image_size"]}x{header["image_size"]} input, batch {batch}, '
-    f'platforms {",".join(header["platforms"])}, {size / 1e6:.1f} MB.'
+    f'{target}, {size / 1e6:.1f} MB.'
   )
   return 0
 

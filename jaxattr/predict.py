@@ -5,12 +5,21 @@ r"""Predicts the attributes of person images with a trained run or an exported m
   python -m jaxattr.predict --workdir=runs/demo street.jpg --box=120,40,80,200 \
       --attention=street_attention.png
   python -m jaxattr.predict --exported=model.bin person.jpg
+  python -m jaxattr.predict --exported=model.onnx person.jpg
 
 Each argument is an image or a folder (all its images, sorted by name). Images are
 decoded and resized exactly as the evaluation pipeline does, then run through the
 model in batches padded to `--batch_size` (one compilation, whatever the number of
 images). The model is the run's best checkpoint (the latest if no epoch finished),
 or an exported file (`python -m jaxattr.export`, no model code needed).
+
+An ONNX file (`--format=onnx` export) runs with ONNX Runtime, and neither JAX nor
+TensorFlow is imported: images are decoded by PIL and resized by `resize`, the
+evaluation's antialiased bilinear filter in numpy (equal to TensorFlow's up to
+float rounding, so a pixel may differ by one level). PNGs decode to the same pixels;
+JPEGs do not quite: TensorFlow's decoder uses libjpeg's fast integer DCT, PIL the
+accurate one (about one level apart on average, a few at most), which moves the
+demo model's probabilities by up to ~0.01.
 
 Decisions are `p > threshold`: the run's tuned thresholds for that checkpoint
 (`python -m jaxattr.evaluate --tune_thresholds`) if there are any, else
@@ -105,12 +114,9 @@ def expand_inputs(paths: Sequence[str]) -> list[Path]:
   return files
 
 
-def _decode(path: Path) -> np.ndarray:
-  """uint8 [H, W, 3]: TensorFlow's decoder (the pipeline's), PIL for other formats."""
-  import tensorflow as tf
-  from PIL import Image, UnidentifiedImageError
-
-  from jaxattr.data import images, input_pipeline
+def _read(path: Path) -> bytes:
+  """The file's bytes, refused before decoding if the image is too large; raises ImageError."""
+  from jaxattr.data import images
 
   try:
     data = path.read_bytes()
@@ -120,15 +126,33 @@ def _decode(path: Path) -> np.ndarray:
     raise ImageError(f'{path}: cannot read ({e.strerror or e}).') from None
   if too_large := images.oversize_error(data, path):  # Before decoding anything.
     raise ImageError(too_large)
+  return data
+
+
+def _decode_pil(path: Path, data: bytes) -> np.ndarray:
+  """uint8 [H, W, 3] decoded by PIL."""
+  import io
+
+  from PIL import Image, UnidentifiedImageError
+
   try:
-    return input_pipeline.decode(tf.constant(data)).numpy()
-  except (tf.errors.InvalidArgumentError, ValueError):
-    pass
-  try:
-    with Image.open(path) as image:
+    with Image.open(io.BytesIO(data)) as image:
       return np.asarray(image.convert('RGB'))
   except (UnidentifiedImageError, OSError, ValueError):
     raise ImageError(f'{path}: not a readable image.') from None
+
+
+def _decode(path: Path) -> np.ndarray:
+  """uint8 [H, W, 3]: TensorFlow's decoder (the pipeline's), PIL for other formats."""
+  import tensorflow as tf
+
+  from jaxattr.data import input_pipeline
+
+  data = _read(path)
+  try:
+    return input_pipeline.decode(tf.constant(data)).numpy()
+  except (tf.errors.InvalidArgumentError, ValueError):
+    return _decode_pil(path, data)
 
 
 def crop(image: np.ndarray, box: tuple[int, int, int, int] | None, path: Path) -> np.ndarray:
@@ -168,9 +192,42 @@ class _Resizer:
     return self._fn(image).numpy()
 
 
-def load_image(path: Path, box, resize) -> tuple[np.ndarray, np.ndarray]:
+def _resize_weights(in_size: int, out_size: int) -> np.ndarray:
+  """[out, in] weights of the antialiased bilinear filter along one axis.
+
+  TensorFlow's `scale_and_translate` rule: output pixel i samples the input at
+  (i + 0.5) * in / out; a triangle of half-width max(in / out, 1) (wider when the axis
+  shrinks: the antialiasing) weighs the input pixels by their centres; the weights
+  of each output pixel are normalised to sum to 1.
+  """
+  scale = in_size / out_size
+  width = max(scale, 1.0)
+  sample = (np.arange(out_size) + 0.5) * scale
+  centres = np.arange(in_size) + 0.5
+  weights = np.maximum(0.0, 1.0 - np.abs(centres[None, :] - sample[:, None]) / width)
+  return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+  """The evaluation resize (`input_pipeline.eval_preprocess`) in numpy: uint8 [size, size, 3].
+
+  Args:
+    image: uint8 [H, W, 3].
+    size: the output side.
+
+  Returns:
+    The resized image, rounded half up as the pipeline does.
+  """
+  rows = _resize_weights(image.shape[0], size)
+  cols = _resize_weights(image.shape[1], size)
+  out = np.einsum('ph,hwc->pwc', rows, image.astype(np.float32))
+  out = np.einsum('qw,pwc->pqc', cols, out)
+  return np.clip(out + 0.5, 0.0, 255.0).astype(np.uint8)
+
+
+def load_image(path: Path, box, resize, decode=_decode) -> tuple[np.ndarray, np.ndarray]:
   """(the crop, the crop resized for the model) of one file; raises ImageError."""
-  image = crop(_decode(path), box, path)
+  image = crop(decode(path), box, path)
   return image, resize(image)
 
 
@@ -228,10 +285,14 @@ def predict(
   Returns:
     The number of inputs that failed (0 = all predicted).
   """
-  from jaxattr import visualize
+  from jaxattr import onnx_model
 
   files = expand_inputs(inputs)
-  resize = _Resizer(_image_config(predictor.image_size))
+  if isinstance(predictor, onnx_model.OnnxPredictor):  # Neither TensorFlow nor JAX.
+    size = predictor.image_size
+    resizer, decode = lambda image: resize(image, size), lambda p: _decode_pil(p, _read(p))
+  else:
+    resizer, decode = _Resizer(_image_config(predictor.image_size)), _decode
   crops: dict[int, np.ndarray] = {}
   failures = 0
   if not files:
@@ -243,7 +304,7 @@ def predict(
     nonlocal failures
     for i, path in enumerate(files):
       try:
-        image, resized = load_image(path, box, resize)
+        image, resized = load_image(path, box, resizer, decode)
       except ImageError as e:
         failures += 1
         err.write(f'error: {e}\n')
@@ -271,6 +332,8 @@ def predict(
       )
     out.flush()
     if attention:
+      from jaxattr import visualize  # matplotlib: imported only when figures are drawn.
+
       masks = result['masks']
       if mask == 'weighted':
         masks = [a * s for a, s in zip(masks, result['confidences'], strict=True)]
@@ -290,18 +353,37 @@ def predict(
   return failures
 
 
+def predict_flags(flags: Any, inputs: Sequence[str]) -> list[str]:
+  """Problems of the flags and inputs (the images are checked one by one later)."""
+  from jaxattr import config_validation
+
+  problems = []
+  if bool(flags.workdir) == bool(flags.exported):
+    problems.append('--workdir, --exported: give exactly one of them')
+  elif flags.workdir:
+    problems.append(config_validation.check_dir('--workdir', flags.workdir))
+  elif not Path(flags.exported).expanduser().is_file():
+    problems.append(f'--exported: no such file: {flags.exported}')
+  problems.append(config_validation.check_int('--batch_size', flags.batch_size, 1))
+  problems.append(config_validation.check_int('--top_k', flags.top_k, 1))
+  if not inputs:
+    problems.append('inputs: give at least one image or folder after the flags')
+  return [p for p in problems if p]
+
+
 def main(argv: Sequence[str]) -> int:
   # A command-line tool: warnings and errors only, unless --verbosity asks for more.
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Before TensorFlow is first imported.
-  from jaxattr import config_validation, inference
-  from jaxattr.run import layout
+  from jaxattr import config_validation
 
   inputs = argv[1:]
   # Every bad flag, one line each; exit code 2.
-  problems = config_validation.predict_flags(FLAGS, inputs)
-  config_validation.exit_if_problems(problems, 'jaxattr.predict')
+  config_validation.exit_if_problems(predict_flags(FLAGS, inputs), 'jaxattr.predict')
+  # Imported only for the model that needs them: an ONNX model needs neither JAX nor
+  # TensorFlow, whose imports would take most of a one-image prediction's time.
+  errors: tuple[type[Exception], ...] = (ValueError, OSError, ImportError)
   try:
     box = parse_box(FLAGS.box)
     if FLAGS.exported:
@@ -309,13 +391,17 @@ def main(argv: Sequence[str]) -> int:
 
       predictor = export.load(FLAGS.exported, batch_size=FLAGS.batch_size)
     else:
+      from jaxattr import inference
+      from jaxattr.run import layout
+
+      errors += (layout.RunError,)
       predictor = inference.Predictor.from_workdir(
         FLAGS.workdir,
         FLAGS.checkpoint,
         batch_size=FLAGS.batch_size,
         tuned_thresholds=FLAGS.tuned_thresholds,
       )
-  except (layout.RunError, ValueError, OSError) as e:
+  except errors as e:
     sys.stderr.write(f'error: {e}\n')
     return 2
   logging.info('Model: %s', predictor.description)

@@ -8,7 +8,6 @@ problem, and a workdir that is never created.
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -184,36 +183,6 @@ def test_cli_reports_every_problem_and_creates_no_workdir(tmp_path):
   ]
   assert 'Traceback' not in proc.stderr
   assert not (tmp_path / 'parent').exists()
-
-
-def _flags(**values):
-  return types.SimpleNamespace(**values)
-
-
-def test_predict_flags_one_line_each(tmp_path):
-  both = _flags(workdir=str(tmp_path), exported='m.bin', batch_size=0, top_k=0)
-  assert config_validation.predict_flags(both, []) == [
-    '--workdir, --exported: give exactly one of them',
-    '--batch_size: must be a positive integer, got 0',
-    '--top_k: must be a positive integer, got 0',
-    'inputs: give at least one image or folder after the flags',
-  ]
-  missing = _flags(workdir=None, exported=str(tmp_path / 'm.bin'), batch_size=8, top_k=3)
-  assert config_validation.predict_flags(missing, ['a.png']) == [
-    f'--exported: no such file: {tmp_path / "m.bin"}'
-  ]
-
-
-def test_export_flags_one_line_each(tmp_path):
-  flags = _flags(
-    workdir=None, output=str(tmp_path / 'no' / 'm.bin'), batch_size=-1, platforms=['cpu', 'gpu']
-  )
-  assert config_validation.export_flags(flags) == [
-    '--workdir: required',
-    f'--output: no such folder: {tmp_path / "no"}',
-    '--batch_size: must be an integer >= 0, got -1',
-    '--platforms: each must be one of cpu, cuda, rocm, tpu; got cpu,gpu',
-  ]
 
 
 def test_tool_cli_reports_every_bad_flag_with_exit_code_2(tmp_path):

@@ -112,6 +112,17 @@ def parse_tables(stdout: str) -> dict[str, dict[str, tuple[float, str]]]:
   return tables
 
 
+def assert_json_records_match(stdout: str, expected: np.ndarray, thresholds: np.ndarray) -> None:
+  """predict --json's lines: probabilities within 1e-5 of `expected`, decisions `p > t`."""
+  records = [json.loads(line) for line in stdout.splitlines()]
+  got = np.array([[r['probabilities'][n] for n in synthetic.ATTRIBUTES] for r in records])
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+  for r, e in zip(records, expected, strict=True):
+    assert r['predicted'] == [
+      n for n, p, t in zip(synthetic.ATTRIBUTES, e, thresholds, strict=True) if p > t
+    ]
+
+
 def assert_close_metrics(got, expected, path='') -> None:
   """Equal nested metric dicts: same keys, numbers within 1e-9, NaN == NaN."""
   if isinstance(expected, dict):
@@ -307,6 +318,22 @@ def test_predict_folder_sorted_and_directory_output(run, images, tmp_path):
   np.testing.assert_array_equal(rows[0], rows[2])
 
 
+def test_predict_flags_one_line_each(tmp_path):
+  both = types.SimpleNamespace(workdir=str(tmp_path), exported='m.bin', batch_size=0, top_k=0)
+  assert predict.predict_flags(both, []) == [
+    '--workdir, --exported: give exactly one of them',
+    '--batch_size: must be a positive integer, got 0',
+    '--top_k: must be a positive integer, got 0',
+    'inputs: give at least one image or folder after the flags',
+  ]
+  missing = types.SimpleNamespace(
+    workdir=None, exported=str(tmp_path / 'm.bin'), batch_size=8, top_k=3
+  )
+  assert predict.predict_flags(missing, ['a.png']) == [
+    f'--exported: no such file: {tmp_path / "m.bin"}'
+  ]
+
+
 def test_workdir_without_checkpoints_is_one_line_error(run, images, tmp_path):
   workdir, _ = run
   empty = tmp_path / 'no_checkpoints'
@@ -384,15 +411,8 @@ def test_export_then_predict_exported(run, direct, images, tmp_path):
     *map(str, images['small']),
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  records = [json.loads(line) for line in proc.stdout.splitlines()]
   expected, expected_masks = direct(images['arrays'])
-  got = np.array([[r['probabilities'][n] for n in synthetic.ATTRIBUTES] for r in records])
-  np.testing.assert_allclose(got, expected, atol=1e-5)
-  thresholds = np.array(header['thresholds'])
-  for r, e in zip(records, expected, strict=True):
-    assert r['predicted'] == [
-      n for n, p, t in zip(synthetic.ATTRIBUTES, e, thresholds, strict=True) if p > t
-    ]
+  assert_json_records_match(proc.stdout, expected, np.array(header['thresholds']))
 
   # The symbolic batch dimension: any batch size, masks too, no model code involved.
   for batch in (1, 3):
@@ -400,6 +420,18 @@ def test_export_then_predict_exported(run, direct, images, tmp_path):
     np.testing.assert_allclose(outputs['probs'], expected[:batch], atol=1e-5)
     for got_mask, want in zip(outputs['masks'], expected_masks, strict=True):
       np.testing.assert_allclose(got_mask, want[:batch], atol=1e-5)
+
+
+def test_export_flags_one_line_each(tmp_path):
+  flags = types.SimpleNamespace(
+    workdir=None, output=str(tmp_path / 'no' / 'm.bin'), batch_size=-1, platforms=['cpu', 'gpu']
+  )
+  assert export.export_flags(flags) == [
+    '--workdir: required',
+    f'--output: no such folder: {tmp_path / "no"}',
+    '--batch_size: must be an integer >= 0, got -1',
+    '--platforms: each must be one of cpu, cuda, rocm, tpu; got cpu,gpu',
+  ]
 
 
 def test_bad_export_file(tmp_path):

@@ -20,8 +20,6 @@ import warnings
 
 from PIL import Image
 
-from jaxattr.data.common import DataError
-
 # Refuse images with more pixels than this (width x height); see the module doc.
 MAX_PIXELS = 100_000_000
 JPEG_QUALITY = 95
@@ -78,6 +76,9 @@ def read_image(path: os.PathLike | str, max_pixels: int = MAX_PIXELS) -> tuple[b
     DataError: naming the path, if the file is missing, too large or cannot be
       decoded.
   """
+  # Here, not at the top: `oversize_error` (predict) stays free of TFDS's import.
+  from jaxattr.data.common import DataError
+
   try:
     with open(path, 'rb') as f:
       raw = f.read()
