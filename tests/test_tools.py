@@ -288,9 +288,13 @@ def test_predict_json_box_and_attention(run, direct, images, tmp_path):
     # height max(2 x 2.2, 0.2 x 14 + 0.8) + 0.5 (title) inches.
     assert png.size == (1410, 490)
     pixels = np.asarray(png.convert('RGB')).astype(int)
-  # Not blank: the overlays put strongly coloured pixels in the figure.
-  saturation = pixels.max(-1) - pixels.min(-1)
-  assert (saturation > 100).mean() > 0.02
+  # Not blank: each level's row of overlays (right of the bars and the input, 2.8 + 4.4
+  # inches = 720 px) holds the colour map's red. Masks are max-normalised, so every overlay
+  # has a peak where it adds 0.6 of jet's top (red) over the dimmed image; how large that
+  # region is depends on the trained masks, so only its presence is asserted.
+  red, rest = pixels[:, 720:, 0], pixels[:, 720:, 1:].max(-1)
+  overlays = red - rest > 100
+  assert overlays[: png.size[1] // 2].any() and overlays[png.size[1] // 2 :].any()
 
 
 def test_predict_folder_sorted_and_directory_output(run, images, tmp_path):
