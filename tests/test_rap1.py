@@ -1,5 +1,6 @@
 """Tests of the RAP v1 builder on a tiny fixture in the v1 RAP_annotation.mat format."""
 
+import datetime
 import hashlib
 from pathlib import Path
 
@@ -15,8 +16,10 @@ from tests.conftest import sorted_examples
 
 NUM_IMAGES = 12
 ALL_NAMES = [f'attr{i:02d}' for i in range(1, 93)]  # 92 attributes, as in RAP v1.
+# RAP v1's image names: camera, capture day, clip, target and frame.
+DAY = datetime.date(2014, 2, 15).isoformat()
 NAMES = [
-  f'CAM{i:02d}_2014-02-15_20140215161032-20140215162620_tarid{i}_frame1_line1.png'
+  f'CAM{i:02d}_{DAY}_20140215161032-20140215162620_tarid{i}_frame1_line1.png'
   for i in range(1, NUM_IMAGES + 1)
 ]
 # 1-based rows, in a deliberately unsorted order.
