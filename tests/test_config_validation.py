@@ -225,6 +225,7 @@ def test_export_flags_one_line_each(tmp_path):
   ]
 
 
+@pytest.mark.slow
 def test_tool_cli_reports_every_bad_flag_with_exit_code_2(tmp_path):
   proc = subprocess.run(
     [

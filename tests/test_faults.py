@@ -199,6 +199,7 @@ def driver(tmp_path_factory) -> Path:
 # --- Preemption -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_at_the_step_and_resumes_exactly(
   data_dir, tmp_path, reference, target, driver
 ):
@@ -232,6 +233,7 @@ def test_sigterm_checkpoints_at_the_step_and_resumes_exactly(
 # --- Killed during a save ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigkill_during_save_resumes_from_previous_complete_checkpoint(
   data_dir, tmp_path, reference, target, driver
 ):
@@ -426,6 +428,7 @@ def test_training_skips_corrupt_images_and_evaluates_the_rest(
   assert f"'{_image_id(bad_val, 'validation')}' (index {bad_val}) of split 'validation'" in text
 
 
+@pytest.mark.slow
 def test_cli_fails_with_one_line_naming_the_image(bad_train, tmp_path):
   data_dir, damage = bad_train
   log = tmp_path / 'log.txt'

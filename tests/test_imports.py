@@ -8,9 +8,12 @@ a fresh interpreter where importing TensorFlow fails.
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow  # Each check launches an interpreter.
 
 # `import tensorflow` raises ImportError from here on (None in sys.modules).
 _NO_TF = textwrap.dedent(

@@ -128,6 +128,7 @@ def _kill(holder: subprocess.Popen) -> None:
 # --- Resuming -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_rerun_with_another_config_is_refused_listing_the_fields(trained, data_dir, tmp_path):
   workdir = _copy(trained, tmp_path)
   before = {p: (workdir / p).read_bytes() for p in ('config.json', 'config_history.jsonl')}
@@ -191,6 +192,7 @@ def test_the_same_config_resumes_and_a_fresh_folder_takes_any(trained, data_dir,
   assert rundir.check_resume(tmp_path, _config(data_dir)) == {}
 
 
+@pytest.mark.slow
 def test_allowed_change_resumes_from_the_newest_readable_checkpoint_after_a_killed_run(
   trained, data_dir, tmp_path
 ):
@@ -237,6 +239,7 @@ def test_allowed_change_resumes_from_the_newest_readable_checkpoint_after_a_kill
 # --- One writer -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_folder_in_use_stops_naming_the_first(trained, data_dir, tmp_path):
   workdir = _copy(trained, tmp_path)
   holder = _hold_lock(workdir)
@@ -274,6 +277,7 @@ def test_lock_names_its_holder_and_is_released(tmp_path, caplog):
     assert 'Took over' not in caplog.text
 
 
+@pytest.mark.slow
 def test_a_killed_holders_lock_is_taken_over_with_a_log_line(tmp_path, caplog):
   holder = _hold_lock(tmp_path)
   _kill(holder)
@@ -324,6 +328,7 @@ def _best_dir(workdir: Path) -> Path:
   return step_dir
 
 
+@pytest.mark.slow
 def test_tools_name_a_damaged_checkpoint_in_one_line(trained, tmp_path):
   workdir = _copy(trained, tmp_path)
   best = _best_dir(workdir)

@@ -151,6 +151,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(
   not _slurm_installable(), reason='needs root and Slurm or apt-get (CI has both)'
 )
+@pytest.mark.slow
 def test_slurm_preempts_and_requeues_a_job_that_ends_like_an_uninterrupted_run():
   env = dict(
     os.environ,

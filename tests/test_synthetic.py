@@ -230,6 +230,7 @@ def test_examples_are_the_recorded_ones(where, shape, digest):
   assert h.hexdigest()[:16] == digest
 
 
+@pytest.mark.slow
 def test_painter_imports_no_tensorflow():
   code = (
     'import sys; import jaxattr.data.painter; '

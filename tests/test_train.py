@@ -16,6 +16,7 @@ from jaxattr.models import model as model_lib
 from tests.conftest import FLOAT64, make_config, run_steps, tree_allclose
 
 
+@pytest.mark.slow
 def test_main_writes_everything(trained_run):
   workdir, proc = trained_run
   for name in ('config.json', 'metrics.jsonl', 'results.json', 'results.md'):
@@ -84,6 +85,7 @@ def test_loss_decreases(data_dir, overrides):
   assert np.mean(losses_[-5:]) < 0.8 * np.mean(losses_[:5]), losses_
 
 
+@pytest.mark.slow
 def test_multi_device_equals_single_device(data_dir, float64):
   """4 devices and 1 device: same losses, parameters, BN statistics and history."""
   # In float64: the devices sum the batch in another order, and the 1e-5 bound holds
