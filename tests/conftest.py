@@ -25,13 +25,10 @@ from typing import Any
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # XLA:CPU compiles the tests' programs at LLVM -O0, here and in every subprocess (they
-# inherit os.environ). Compiling is most of the suite's time (backend compiles took 1,017 s
-# of the test processes' 1,804 CPU-seconds in a cold run on 2 cores), and -O0 compiles the
-# tiny models' train steps in about half the time (ResNet-18: 35 -> 18 s, Swin-T at depth
-# 1/4: 65 -> 38 s), while running them about 2x slower, which the tests' few steps do not
-# feel. The level changes only how XLA's kernels are optimised by LLVM, so every test
-# compares programs compiled alike; the bits differ from -O2 runs (not from each other).
-# A test that compares with XLA's default passes it explicitly (test_train.py, the init).
+# inherit os.environ): compiling is most of the suite's time, and -O0 compiles the tiny
+# models' train steps in about half the time of -O2 (ResNet-18: 35 -> 18 s) while the
+# tests' few steps hardly feel the slower kernels. Every test compares programs compiled
+# alike; a test that compares with XLA's default passes it explicitly (test_train.py's init).
 os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0"
 
 import jax  # noqa: E402
@@ -48,9 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 # Under pytest-xdist (`-n 2`, the README's command) a test file is one work unit, so its
 # module fixtures are built once, and test_tools joins test_train's unit since both use
 # the session's `trained_run` (`pytest_xdist_make_scheduler` below; xdist's own
-# `--dist=loadgroup` marks do not group on pytest 9.2, pytest-xdist issue 1386). The
-# longest units (cold-cache --durations under -n 2) start first, so no worker is left with a
-# long file at the end.
+# `--dist=loadgroup` marks do not group with this pytest). The longest units start first,
+# so no worker is left with a long file at the end.
 _UNIT_OF = {'test_tools': 'test_train'}
 _LONGEST_FIRST = (
   'test_backbones_train',

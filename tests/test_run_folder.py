@@ -21,9 +21,8 @@ import numpy as np
 import pytest
 
 from jaxattr import checkpoints, evaluate, export, inference, rundir, train
-from tests.conftest import make_config
+from tests.conftest import REPO, main_command, make_config, run_tool, tool_env
 
-REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 600  # Seconds for one subprocess (a cold compile on a busy 2-core machine).
 OVERRIDES = {
   'train.batch_size': 16,  # 8 steps per epoch: an evaluation and a best checkpoint at 8.
@@ -50,42 +49,15 @@ def _copy(trained: Path, tmp_path: Path) -> Path:
   return workdir
 
 
-def _env() -> dict[str, str]:
-  return dict(
-    os.environ,
-    PYTHONPATH=str(REPO),
-    TF_CPP_MIN_LOG_LEVEL='2',
-    JAX_PLATFORMS='cpu',
-    JAX_NUM_CPU_DEVICES='1',
-    JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0.5',
-  )
-
-
 def _main(data_dir: str, workdir: Path, *flags: str) -> subprocess.CompletedProcess:
   overrides = [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
-  cmd = [
-    sys.executable,
-    '-m',
-    'jaxattr.main',
-    '--config=configs/test.py',
-    f'--workdir={workdir}',
-    f'--config.data.data_dir={data_dir}',
-    *overrides,
-    *flags,
-  ]
-  return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+  cmd = main_command(data_dir, workdir, *overrides, *flags)
+  env = tool_env(1)
+  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
 
 
 def _tool(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run(
-    [sys.executable, '-m', *args],
-    cwd=REPO,
-    env=_env(),
-    capture_output=True,
-    text=True,
-    timeout=TIMEOUT,
-  )
+  return run_tool(*args, timeout=TIMEOUT, num_devices=1)
 
 
 def _corrupt(step_dir: Path) -> Path:
@@ -111,7 +83,7 @@ def _hold_lock(workdir: Path) -> subprocess.Popen:
   proc = subprocess.Popen(
     [sys.executable, '-c', _HOLDER, str(workdir)],
     cwd=REPO,
-    env=_env(),
+    env=tool_env(1),
     stdout=subprocess.PIPE,
     text=True,
   )
