@@ -387,8 +387,8 @@ def _check_model(c: _Checker) -> None:
   backbone = c.choice('model.backbone', backbones)
   c.number('model.width', 0, open_low=True)
   c.number('model.depth', 0, 1, open_low=True)
-  # float64 only where JAX computes in it (`jax_enable_x64`): the tests compare runs
-  # that sum in different orders there, where rounding is too small to be amplified.
+  # float64 only with `jax_enable_x64` (without it JAX computes float64 in float32): the
+  # equivalence tests run in it (tests/conftest.py, FLOAT64).
   import jax
 
   dtypes = (*DTYPES, 'float64') if jax.config.jax_enable_x64 else DTYPES

@@ -9,8 +9,8 @@ float64 runs for the equivalence tests (`float64`, `FLOAT64`), the subprocess he
 (`tool_env`, `main_command`, `run_tool`, `free_port`, `tail`), the comparison helpers
 (`run_steps`, `tree_allclose`), `sorted_examples` and `write_blank_png`.
 
-Tests marked `slow` (they launch processes, train several backbones, run Slurm or compare
-multi-device training) are left out of the quick tier, `pytest -m "not slow"`.
+Tests marked `slow` (they launch processes, train several backbones, run Slurm, or compare
+multi-device or resumed training) are left out of the quick tier, `pytest -m "not slow"`.
 """
 
 import os
@@ -153,8 +153,10 @@ def tool_env(num_devices: int | None = None, **extra: str) -> dict[str, str]:
   return env
 
 
-def main_command(data_dir: str, workdir: Path, *flags: str, script: Path | None = None) -> list[str]:
-  """`python -m jaxattr.main` (or `script`) on configs/test.py, `workdir` and `data_dir`, + flags."""
+def main_command(
+  data_dir: str, workdir: Path, *flags: str, script: Path | None = None
+) -> list[str]:
+  """`python -m jaxattr.main` (or `script`): configs/test.py on `data_dir` into `workdir`."""
   program = [str(script)] if script else ['-m', 'jaxattr.main']
   return [
     sys.executable,

@@ -174,6 +174,7 @@ def test_history_burn_in_and_attention_loss(data_dir):
   assert float(l_a) > float(l_b)
 
 
+@pytest.mark.slow  # Three training runs with their evaluations (~2 min).
 def test_resume_equals_uninterrupted(data_dir, tmp_path):
   """N steps straight == N/2 steps, stop, resume, N/2 more (mid-epoch cut)."""
   n = 20  # Two evaluations (steps 8 and 16) and a plateau update in between.

@@ -11,9 +11,9 @@ One attention module per level i works on the backbone tap `k_i` [B, H, W, D]:
 
 Masks, confidences and the weighted masks are float32 whatever the compute dtype
 (the softmax is computed in float32), or float64 with float64 compute. Channel counts
-arrive already multiplied by the model's width. Convolutions followed by BatchNorm have no bias (BN's own bias
-replaces it); the logit convs and Dense layers have one. Head layers use the Flax
-default initialisers (the paper does not fix them).
+arrive already multiplied by the model's width. Convolutions followed by BatchNorm have
+no bias (BN's own bias replaces it); the logit convs and Dense layers have one. Head
+layers use the Flax default initialisers (the paper does not fix them).
 
 The feature-level aggregations of paper §4.4 need the level-3 and level-4 weighted
 masks on one grid: `upsample_to` (nearest), `max_pool_to` (2x2, stride 2) and
