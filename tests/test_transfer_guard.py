@@ -29,7 +29,7 @@ from tests.conftest import make_config
 
 
 class HostRead(RuntimeError):
-  pass
+  """A read of a device array's value on the host, where the loop must not make one."""
 
 
 @contextlib.contextmanager
