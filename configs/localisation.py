@@ -48,4 +48,3 @@ def get_config(arg: str | None = None):
   if 'trace' in tokens:
     config.evals.trace = dict(type='pointing', split='validation', every_epochs=1, limit=512)
   return config
-

@@ -192,4 +192,3 @@ def then(first: Check, *more: Check) -> Check:
 def batch() -> Check:
   """A global batch: a positive multiple of the run's devices."""
   return lambda name, value, config, num_devices: divisible_batch(name, value, num_devices)
-

@@ -199,6 +199,14 @@ def _levels(name, value, *_):
   return f'{name}: must be one of {", ".join(map(str, models.LEVELS))}; got {value!r}'
 
 
+def _dtypes() -> tuple[str, ...]:
+  # float64 only with `jax_enable_x64` (without it JAX computes float64 in float32): the
+  # equivalence tests run in it (tests/conftest.py, FLOAT64).
+  import jax
+
+  return (*DTYPES, 'float64') if jax.config.jax_enable_x64 else DTYPES
+
+
 def _evals(name, value, config, _):
   from jaxattr import evaluators  # Each evaluator type checks its own options.
 
@@ -343,9 +351,9 @@ FIELDS: dict[str, Field] = {
   # blocks of each stage are kept, `models.resnet.scale_blocks`). Test-size transformers
   # use e.g. 0.25; pretrained weights need 1.0.
   'model.depth': Field(1.0, number(0, 1, open_low=True), _depth_fixed),
-  'model.dtype': Field('float32', choice(DTYPES)),  # Compute dtype ('bfloat16': mixed precision).
+  'model.dtype': Field('float32', choice(_dtypes)),  # Compute dtype ('bfloat16': mixed precision).
   'model.param_dtype': Field(
-    'float32', choice(DTYPES), 'the checkpoint holds parameters of this dtype'
+    'float32', choice(_dtypes), 'the checkpoint holds parameters of this dtype'
   ),
   # A directory written by `python -m jaxattr.convert`, or torchvision:ARCH[:WEIGHTS].
   'model.pretrained': Field(

@@ -5,10 +5,16 @@ Four fake CPU devices, so data-parallel code is tested on more than one device
 persistent compilation cache, so tests that compile the same tiny model share
 the work. Below them: the tiny synthetic dataset as a session fixture
 (`data_dir`), one trained run of configs/test.py (`trained_run`), `make_config`,
-`run_tool`, `sorted_examples` and `write_blank_png`.
+float64 runs for the equivalence tests (`float64`, `FLOAT64`), the subprocess helpers
+(`tool_env`, `main_command`, `run_tool`, `free_port`, `tail`), the comparison helpers
+(`run_steps`, `tree_allclose`), `sorted_examples` and `write_blank_png`.
+
+Tests marked `slow` (they launch processes, train several backbones, run Slurm, or compare
+multi-device or resumed training) are left out of the quick tier, `pytest -m "not slow"`.
 """
 
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -19,14 +25,11 @@ from typing import Any
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # XLA:CPU compiles the tests' programs at LLVM -O0, here and in every subprocess (they
-# inherit os.environ). Compiling is most of the suite's time (backend compiles took 1,017 s
-# of the test processes' 1,804 CPU-seconds in a cold run on 2 cores), and -O0 compiles the
-# tiny models' train steps in about half the time (ResNet-18: 35 -> 18 s, Swin-T at depth
-# 1/4: 65 -> 38 s), while running them about 2x slower, which the tests' few steps do not
-# feel. The level changes only how XLA's kernels are optimised by LLVM, so every test
-# compares programs compiled alike; the bits differ from -O2 runs (not from each other).
-# A test that compares with XLA's default passes it explicitly (test_train.py, the init).
-os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0"
+# inherit os.environ): compiling is most of the suite's time, and -O0 compiles the tiny
+# models' train steps in about half the time of -O2 (ResNet-18: 35 -> 18 s) while the
+# tests' few steps hardly feel the slower kernels. Every test compares programs compiled
+# alike; a test that compares with XLA's default passes it explicitly (test_train.py's init).
+os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} --xla_backend_optimization_level=0'
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -42,9 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 # Under pytest-xdist (`-n 2`, the README's command) a test file is one work unit, so its
 # module fixtures are built once, and test_tools joins test_train's unit since both use
 # the session's `trained_run` (`pytest_xdist_make_scheduler` below; xdist's own
-# `--dist=loadgroup` marks do not group on pytest 9.2, pytest-xdist issue 1386). The
-# longest units (cold-cache --durations under -n 2) start first, so no worker is left with a
-# long file at the end.
+# `--dist=loadgroup` marks do not group with this pytest). The longest units start first,
+# so no worker is left with a long file at the end.
 _UNIT_OF = {'test_tools': 'test_train'}
 _LONGEST_FIRST = (
   'test_backbones_train',
@@ -56,13 +58,6 @@ _LONGEST_FIRST = (
   'test_models',
   'test_run_folder',
 )
-# Subprocesses share the tests' persistent compilation cache.
-TOOL_ENV = {
-  **os.environ,
-  'JAX_COMPILATION_CACHE_DIR': jax.config.jax_compilation_cache_dir,
-  'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.5',
-  'TF_CPP_MIN_LOG_LEVEL': '2',
-}
 
 
 def _unit(nodeid: str) -> str:
@@ -134,16 +129,115 @@ def trained_run(tmp_path_factory, data_dir) -> tuple[Path, subprocess.CompletedP
   return workdir, proc
 
 
-def run_tool(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-  """`python -m *args` from the repository root, sharing the compilation cache; output captured."""
+def tool_env(num_devices: int | None = None, **extra: str) -> dict[str, str]:
+  """The environment of a subprocess: this checkout's `jaxattr`, the tests' compilation cache.
+
+  Args:
+    num_devices: CPU devices of the subprocess (JAX on CPU only); None inherits the
+      test process's environment (JAX's default: one).
+    **extra: more variables.
+
+  Returns:
+    os.environ with those set.
+  """
+  env = dict(
+    os.environ,
+    PYTHONPATH=str(REPO),
+    TF_CPP_MIN_LOG_LEVEL='2',
+    JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0.5',
+  )
+  if num_devices is not None:
+    env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES=str(num_devices))
+  env.update(extra)
+  return env
+
+
+def main_command(
+  data_dir: str, workdir: Path, *flags: str, script: Path | None = None
+) -> list[str]:
+  """`python -m jaxattr.main` (or `script`): configs/test.py on `data_dir` into `workdir`."""
+  program = [str(script)] if script else ['-m', 'jaxattr.main']
+  return [
+    sys.executable,
+    *program,
+    '--config=configs/test.py',
+    f'--workdir={workdir}',
+    f'--config.data.data_dir={data_dir}',
+    *flags,
+  ]
+
+
+def run_tool(*args: str, timeout: float = 300, num_devices: int | None = None):
+  """`python -m *args` from the repository root (`tool_env`), output captured.
+
+  Returns:
+    The subprocess.CompletedProcess.
+  """
   return subprocess.run(
     [sys.executable, '-m', *args],
     cwd=REPO,
     capture_output=True,
     text=True,
     timeout=timeout,
-    env=TOOL_ENV,
+    env=tool_env(num_devices),
   )
+
+
+def free_port() -> int:
+  """A TCP port on 127.0.0.1 that nothing listens on now."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def tail(log: Path, n: int = 3000) -> str:
+  """The log file's name and its last `n` characters, for a failure message."""
+  return f'--- {log.name}:\n' + log.read_text(errors='replace')[-n:]
+
+
+# ---------------------------------------------------------------------------
+# Equivalence tests: runs that sum in different orders (1 vs 4 devices, 1 vs 2
+# processes) compute in float64. Rounding differs between them by float64's unit
+# roundoff (2**-53, 1.1e-16), and the train steps amplify such differences most in
+# the BatchNorm biases whose gradients are sums that cancel to ~1e-5 of their terms,
+# by ~1e5 over the tests' steps. In float32 (6e-8) that reaches the 1e-5 bound of
+# `tree_allclose` on some CPUs; in float64 it stays ~1e-11, a margin of 1e6 that no
+# CPU's choice of kernels or summation order can use up.
+
+FLOAT64 = {'model.dtype': 'float64', 'model.param_dtype': 'float64'}
+
+
+@pytest.fixture
+def float64():
+  """`jax_enable_x64` for the test (restored after it); the config wants `FLOAT64` too."""
+  with jax.enable_x64(True):
+    yield
+
+
+def tree_allclose(a, b, rtol: float = 1e-5) -> None:
+  """Leaf by leaf: |x - y| <= rtol * (|y| + max|y|) + 1e-7, relative to each tensor's scale.
+
+  The floor covers parameters that stay at float noise: the spatial softmax is
+  invariant to the mask-logit bias, whose gradient is zero up to rounding.
+  """
+  import numpy as np
+
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    x, y = np.asarray(x), np.asarray(y)
+    scale = float(np.max(np.abs(y))) if y.size else 0.0
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * scale + 1e-7)
+
+
+def run_steps(ex, n: int, state=None, start: int = 0):
+  """`n` train steps of the experiment `ex` from step `start`: (state, the n losses)."""
+  state = ex.state if state is None else state
+  batches = ex.train_batches(start_step=start)
+  losses = []
+  for step in range(start, start + n):
+    state, m = ex.train_step(state, next(batches), step)
+    losses.append(float(m['loss']))
+  return state, losses
 
 
 def make_config(data_dir: str, **overrides: Any):

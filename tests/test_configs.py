@@ -7,6 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Parses --config the way jaxattr.main does and prints the fields the test checks.
@@ -31,6 +33,7 @@ def _load(spec: str, cwd: Path) -> str:
   return proc.stdout.strip()
 
 
+@pytest.mark.slow
 def test_configs_load_from_another_directory_and_as_copies(tmp_path):
   cwd = tmp_path / 'elsewhere'
   cwd.mkdir()

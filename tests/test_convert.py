@@ -274,6 +274,7 @@ def test_legacy_densenet_keys():
 # --- Files and the command line -------------------------------------------------
 
 
+@pytest.mark.slow
 def test_npz_command_line_without_torch(tiny_resnet, tmp_path):
   """`python -m jaxattr.convert` on an .npz, in a process where torch cannot import."""
   _, sd = tiny_resnet

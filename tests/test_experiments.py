@@ -211,6 +211,7 @@ def test_no_import_path_edits(name):
     assert f'python -m experiments.{name}' in text and 'PYTHONPATH=.' not in text
 
 
+@pytest.mark.slow
 def test_launcher_runs_as_a_module(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
   result = subprocess.run(
@@ -489,6 +490,7 @@ def test_bench_time_in_blocks_runs_consecutive_blocks_after_an_untimed_step():
     assert b['train_faults'] >= 0 and b['train_sys_s'] >= 0
 
 
+@pytest.mark.slow
 def test_bench_train_prints_every_figure():
   result = subprocess.run(
     [

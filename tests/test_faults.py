@@ -9,12 +9,10 @@ bad images at build time).
 """
 
 import json
-import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,10 +21,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from jaxattr import checkpoints, schema, train
+from jaxattr import checkpoints, train
 from jaxattr.data import common, input_pipeline
+from tests.conftest import REPO, main_command, make_config, tail, tool_env
 
-REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 300  # Seconds for one subprocess run (a cold compile on a busy 2-core machine).
 
 # configs/test.py with 16 steps per epoch, the backbone frozen throughout (one
@@ -44,35 +42,14 @@ STEPS_PER_EPOCH = 128 // 8
 # `data_dir`: the tiny synthetic dataset, the session fixture of conftest.py.
 
 
-def _env(**extra: str) -> dict[str, str]:
-  env = dict(os.environ, **extra)
-  env.update(
-    PYTHONPATH=str(REPO),
-    TF_CPP_MIN_LOG_LEVEL='2',
-    JAX_PLATFORMS='cpu',
-    JAX_NUM_CPU_DEVICES='1',
-    JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0.5',
-  )
-  return env
-
-
 def _command(data_dir: str, workdir: Path, *flags: str, script: Path | None = None) -> list[str]:
-  program = [str(script)] if script else ['-m', 'jaxattr.main']
-  return [
-    sys.executable,
-    *program,
-    '--config=configs/test.py',
-    f'--workdir={workdir}',
-    f'--config.data.data_dir={data_dir}',
-    *FAULT_FLAGS,
-    *flags,
-  ]
+  return main_command(data_dir, workdir, *FAULT_FLAGS, *flags, script=script)
 
 
 def _start(cmd: list[str], log: Path, **env: str) -> subprocess.Popen:
   with open(log, 'w') as f:
-    return subprocess.Popen(cmd, cwd=REPO, env=_env(**env), stdout=f, stderr=subprocess.STDOUT)
+    env = tool_env(1, **env)
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
 
 
 def _run(cmd: list[str], log: Path) -> int:
@@ -92,23 +69,17 @@ def _wait_for(proc: subprocess.Popen, log: Path, pattern: str, accept=lambda m: 
       if accept(match):
         return match
     if proc.poll() is not None:
-      pytest.fail(f'Exited ({proc.returncode}) before {pattern!r}:\n{_tail(log)}')
+      pytest.fail(f'Exited ({proc.returncode}) before {pattern!r}:\n{tail(log)}')
     time.sleep(0.02)
   proc.kill()
-  pytest.fail(f'No {pattern!r} within {TIMEOUT} s:\n{_tail(log)}')
-
-
-def _tail(log: Path, n: int = 4000) -> str:
-  return log.read_text(errors='replace')[-n:]
+  pytest.fail(f'No {pattern!r} within {TIMEOUT} s:\n{tail(log)}')
 
 
 def _config(data_dir: str):
-  config = schema.load_recipe('test').get_config()
-  config.data.data_dir = data_dir
-  config.train.batch_size = 8
-  config.train.freeze_backbone_epochs = 3
-  config.train.max_steps = TOTAL_STEPS
-  return config
+  return make_config(
+    data_dir,
+    **{'train.batch_size': 8, 'train.freeze_backbone_epochs': 3, 'train.max_steps': TOTAL_STEPS},
+  )
 
 
 @pytest.fixture(scope='module')
@@ -122,7 +93,7 @@ def reference(data_dir, tmp_path_factory, target) -> Path:
   """An uninterrupted run of the command the fault tests interrupt."""
   workdir = tmp_path_factory.mktemp('reference') / 'run'
   log = workdir.parent / 'log.txt'
-  assert _run(_command(data_dir, workdir), log) == 0, _tail(log)
+  assert _run(_command(data_dir, workdir), log) == 0, tail(log)
   assert checkpoints.Checkpointer(workdir).latest_step() == TOTAL_STEPS
   return workdir
 
@@ -198,6 +169,7 @@ def driver(tmp_path_factory) -> Path:
 # --- Preemption -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_at_the_step_and_resumes_exactly(
   data_dir, tmp_path, reference, target, driver
 ):
@@ -214,7 +186,7 @@ def test_sigterm_checkpoints_at_the_step_and_resumes_exactly(
     proc.kill()
     proc.wait()
   text = log.read_text()
-  assert code == 128 + signal.SIGTERM, _tail(log)
+  assert code == 128 + signal.SIGTERM, tail(log)
   stopped = int(re.search(r'Stopped at step (\d+) after checkpointing', text)[1])
   assert 4 <= stopped < TOTAL_STEPS
   ckpt = checkpoints.Checkpointer(workdir)
@@ -223,7 +195,7 @@ def test_sigterm_checkpoints_at_the_step_and_resumes_exactly(
   ckpt.close()
 
   log2 = tmp_path / 'second.txt'
-  assert _run(_command(data_dir, workdir, *flags), log2) == 0, _tail(log2)
+  assert _run(_command(data_dir, workdir, *flags), log2) == 0, tail(log2)
   assert f'Restoring latest checkpoint of step {stopped} ' in log2.read_text()
   _assert_same_final_state(workdir, reference, target)
 
@@ -231,6 +203,7 @@ def test_sigterm_checkpoints_at_the_step_and_resumes_exactly(
 # --- Killed during a save ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigkill_during_save_resumes_from_previous_complete_checkpoint(
   data_dir, tmp_path, reference, target, driver
 ):
@@ -254,7 +227,7 @@ def test_sigkill_during_save_resumes_from_previous_complete_checkpoint(
   ckpt.close()
 
   log2 = tmp_path / 'second.txt'
-  assert _run(_command(data_dir, workdir, *flags), log2) == 0, _tail(log2)
+  assert _run(_command(data_dir, workdir, *flags), log2) == 0, tail(log2)
   assert 'Restoring latest checkpoint of step 20 ' in log2.read_text()
   assert not list((workdir / 'checkpoints').glob('*.orbax-checkpoint-tmp*'))
   _assert_same_final_state(workdir, reference, target)
@@ -325,8 +298,7 @@ def _image_id(index: int, split: str = 'train') -> str:
 @pytest.fixture(scope='module')
 def clean_stream(data_dir):
   """Indices of the first two epochs of the clean train stream (global batch 16)."""
-  config = schema.load_recipe('test').get_config()
-  config.data.data_dir = data_dir
+  config = make_config(data_dir)
   builder = input_pipeline.get_builder(config.data)
   batches = input_pipeline.train_batches(builder, config.data, global_batch=16, seed=0)
   return [next(batches)['index'] for _ in range(16)]
@@ -340,9 +312,7 @@ def bad_train(data_dir, clean_stream, tmp_path_factory):
 
 
 def _stream(data_dir: str, mode: str, **kwargs):
-  config = schema.load_recipe('test').get_config()
-  config.data.data_dir = data_dir
-  config.data.on_bad_image = mode
+  config = make_config(data_dir, **{'data.on_bad_image': mode})
   builder = input_pipeline.get_builder(config.data)
   return input_pipeline.train_batches(builder, config.data, global_batch=16, seed=0, **kwargs)
 
@@ -410,10 +380,8 @@ def test_training_skips_corrupt_images_and_evaluates_the_rest(
   data_dir, damage = bad_train
   bad_val = 5
   data_dir = _corrupt(data_dir, tmp_path / 'tfds', 'validation', {bad_val: 'garbage'})
-  config = schema.load_recipe('test').get_config()
-  config.data.data_dir = data_dir
-  config.data.on_bad_image = 'skip'
-  config.train.max_steps = 8  # Epoch 0 and its evaluation (frozen stage: one compile).
+  # Epoch 0 and its evaluation (frozen stage: one compile).
+  config = make_config(data_dir, **{'data.on_bad_image': 'skip', 'train.max_steps': 8})
   with caplog.at_level('WARNING'):
     results = train.train_and_evaluate(config, str(tmp_path / 'run'), devices=jax.devices()[:1])
   assert results['steps'] == 8
@@ -425,18 +393,11 @@ def test_training_skips_corrupt_images_and_evaluates_the_rest(
   assert f"'{_image_id(bad_val, 'validation')}' (index {bad_val}) of split 'validation'" in text
 
 
+@pytest.mark.slow
 def test_cli_fails_with_one_line_naming_the_image(bad_train, tmp_path):
   data_dir, damage = bad_train
   log = tmp_path / 'log.txt'
-  cmd = [
-    sys.executable,
-    '-m',
-    'jaxattr.main',
-    '--config=configs/test.py',
-    f'--workdir={tmp_path / "run"}',
-    f'--config.data.data_dir={data_dir}',
-  ]
-  assert _run(cmd, log) == 1
+  assert _run(main_command(data_dir, tmp_path / 'run'), log) == 1
   text = log.read_text()
   last = text.strip().splitlines()[-1]
   first = next(i for i, kind in damage.items() if kind == 'garbage')

@@ -8,9 +8,12 @@ a fresh interpreter where importing TensorFlow fails.
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow  # Each check launches an interpreter.
 
 # `import tensorflow` raises ImportError from here on (None in sys.modules).
 _NO_TF = textwrap.dedent(
@@ -22,18 +25,25 @@ _NO_TF = textwrap.dedent(
 )
 
 
-def _run(code: str) -> subprocess.CompletedProcess:
-  return subprocess.run(
-    [sys.executable, '-c', _NO_TF + textwrap.dedent(code)],
+def _assert_runs(code: str) -> None:
+  """Runs `code` where TensorFlow cannot be imported; then no TensorFlow module is loaded."""
+  check = """
+    loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow' and sys.modules[m])
+    assert not loaded, loaded
+    print('ok')
+    """
+  proc = subprocess.run(
+    [sys.executable, '-c', _NO_TF + textwrap.dedent(code) + textwrap.dedent(check)],
     cwd=REPO,
     capture_output=True,
     text=True,
     timeout=600,
   )
+  assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr[-3000:]
 
 
 def test_modules_import_without_tensorflow():
-  proc = _run(
+  _assert_runs(
     """
     import jaxattr.evaluators, jaxattr.history, jaxattr.inference, jaxattr.losses
     import jaxattr.metrics, jaxattr.optim, jaxattr.run.files, jaxattr.sharding, jaxattr.train
@@ -41,17 +51,13 @@ def test_modules_import_without_tensorflow():
     import jaxattr.schema
     import jaxattr.models.model
     import experiments.bench_train
-    loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow' and sys.modules[m])
-    assert not loaded, loaded
-    print('ok')
     """
   )
-  assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr[-3000:]
 
 
 def test_train_and_eval_steps_run_without_tensorflow():
   """One train step and one eval step of a tiny model, as experiments/bench_train.py does."""
-  proc = _run(
+  _assert_runs(
     """
     import functools
     import jax, jax.numpy as jnp, ml_collections, numpy as np
@@ -96,24 +102,18 @@ def test_train_and_eval_steps_run_without_tensorflow():
       evaluation.eval_step, infer_fn=inference.make_infer_fn(model, config.data), levels=(3, 4)
     ))(state.variables(), {**batch, 'mask': np.ones(4, bool), 'cue_boxes': np.zeros((4, 3, 4))})
     assert out['probs'].shape == (4, 3) and out['cells_mask_3'].shape == (4, 3)
-    loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow' and sys.modules[m])
-    assert not loaded, loaded
-    print('ok')
     """
   )
-  assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr[-3000:]
 
 
 def test_evaluate_imports_no_training_code():
   """`jaxattr.evaluate` re-uses the evaluation module; the train state and loop stay out."""
-  proc = _run(
+  _assert_runs(
     """
     import jaxattr.evaluate, jaxattr.evaluators, jaxattr.metrics, jaxattr.run.files
     import jaxattr.sharding
     import jaxattr.export, jaxattr.predict
     training = [m for m in ('jaxattr.train', 'jaxattr.optim', 'jaxattr.losses') if m in sys.modules]
     assert not training, training
-    print('ok')
     """
   )
-  assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr[-3000:]

@@ -48,10 +48,11 @@ def _random_split(seed, n=300, c=6, decimals=2, dtype=np.float32):
 
 # --- Average precision ---------------------------------------------------------
 
+# Scores rounded to 2 or 1 decimals (many ties) or not, in float32 or float64.
+SCORE_KINDS = [(2, np.float32), (1, np.float64), (None, np.float64), (None, np.float32)]
 
-@pytest.mark.parametrize(
-  'decimals,dtype', [(2, np.float32), (1, np.float64), (None, np.float64), (None, np.float32)]
-)
+
+@pytest.mark.parametrize('decimals,dtype', SCORE_KINDS)
 def test_sklearn_ap_matches_sklearn(decimals, dtype):
   scores, labels = _random_split(0, decimals=decimals, dtype=dtype)
   got = metrics.average_precision(scores, labels, 'sklearn')
@@ -61,9 +62,7 @@ def test_sklearn_ap_matches_sklearn(decimals, dtype):
     assert got[c] == pytest.approx(expected, rel=1e-12, abs=1e-12)
 
 
-@pytest.mark.parametrize(
-  'decimals,dtype', [(2, np.float32), (1, np.float64), (None, np.float64), (None, np.float32)]
-)
+@pytest.mark.parametrize('decimals,dtype', SCORE_KINDS)
 def test_voc_ap_matches_loop_reference(decimals, dtype):
   scores, labels = _random_split(1, decimals=decimals, dtype=dtype)
   got = metrics.average_precision(scores, labels, 'voc')

@@ -7,6 +7,7 @@ layer names and output-size formula written out here, hand counts, and numpy.
 """
 
 import re
+from typing import Any
 
 import flax
 import jax
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from flax import linen as nn
 from flax import traverse_util
 
 from jaxattr import schema
@@ -884,3 +886,35 @@ def test_feature_aggregation_at_other_sizes(backbone, aggregation, size):
   grid = (h3, w3) if aggregation == 'feature_upsample' else (h4, w4)
   kernel = variables['params']['attention_classifier']['conv3']['kernel']
   assert kernel.shape[:2] == grid
+
+
+def test_backbone_creator_and_linear_pass_every_field():
+  """`backbone.creator` sets the family's fields, the options, dtypes, head and name."""
+  from jaxattr.models import backbone
+
+  class Toy(nn.Module):
+    channels: int
+    blocks: int
+    num_classes: int | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    extra: float = 0.0
+
+    @nn.compact
+    def __call__(self, x):
+      return backbone.linear(
+        self.channels, self.dtype, self.param_dtype, 'fc', nn.initializers.ones
+      )(x)
+
+  create = backbone.creator(Toy, lambda name, w, d: {'channels': int(8 * w), 'blocks': int(4 * d)})
+  assert create.__name__ == 'create_toy'
+  toy = create('toy', 0.5, jnp.bfloat16, num_classes=3, module_name='t', depth=0.5, extra=0.1)
+  assert (toy.channels, toy.blocks, toy.num_classes, toy.extra) == (4, 2, 3, 0.1)
+  assert (toy.dtype, toy.param_dtype, toy.name) == (jnp.bfloat16, jnp.float32, 't')
+  params = toy.init(jax.random.key(0), jnp.ones((1, 2)))['params']
+  # torch's nn.Linear(2, 4) under Flax's name: ones kernel, zero bias, so 2 per output.
+  np.testing.assert_array_equal(params['fc']['kernel'], np.ones((2, 4), np.float32))
+  np.testing.assert_array_equal(params['fc']['bias'], np.zeros(4, np.float32))
+  np.testing.assert_array_equal(
+    toy.apply({'params': params}, jnp.ones((1, 2))), 2 * np.ones((1, 4))
+  )

@@ -22,7 +22,7 @@ from PIL import Image
 from jaxattr import export, inference, onnx_model, predict, schema
 from jaxattr.data import synthetic
 from jaxattr.models import model as model_lib
-from tests.conftest import REPO, TOOL_ENV, run_tool
+from tests.conftest import REPO, run_tool, tool_env
 from tests.test_tools import assert_json_records_match, direct, images, run  # noqa: F401
 
 # family -> (registered architecture, width, depth) at 64x64: the test configs' sizes
@@ -176,7 +176,7 @@ def test_export_onnx_then_predict_without_jax(run, direct, images, tmp_path):  #
     cwd=REPO,
     capture_output=True,
     text=True,
-    env=TOOL_ENV,
+    env=tool_env(),
     timeout=120,
   )
   assert 'exit 0 imported []' in proc.stderr, proc.stderr[-3000:]

@@ -328,7 +328,7 @@ def test_malicious_pickle_is_refused_naming_its_class(tmp_path, monkeypatch):
 def test_other_callables_are_refused(tmp_path, module, name):
   path = tmp_path / 'bad.pkl'
   # A hand-written protocol-0 pickle: GLOBAL module name, an argument tuple, REDUCE.
-  path.write_bytes(f'c{module}\n{name}\n(S\'x\'\ntR.'.encode())
+  path.write_bytes(f"c{module}\n{name}\n(S'x'\ntR.".encode())
   with pytest.raises(DataError, match=rf'{path}: refused to load {module}\.{name}'):
     peers.load_peers_file(path)
 

@@ -21,7 +21,7 @@ PARTITIONS = [
   {'train_index': [3, 1, 5, 7], 'val_index': [2, 9], 'test_index': [4, 6, 8]},
   {'train_index': [9, 8], 'val_index': [1], 'test_index': [2, 3, 4, 5, 6, 7]},
 ]
-NAMES = [f'CAM{i:02d}-2014-02-15-20140215161032-frame{i}-line1.png' for i in range(1, 10)]
+NAMES = [f'CAM{i:02d}-20140215-20140215161032-frame{i}-line1.png' for i in range(1, 10)]
 _RNG = np.random.default_rng(2)
 DATA = _RNG.integers(0, 3, size=(NUM_IMAGES, 152)).astype(np.float64)  # 0 / 1 / 2.
 

@@ -22,9 +22,8 @@ import pytest
 
 from jaxattr import checkpoints, evaluate, export, inference, schema, train
 from jaxattr.run import layout, lock, resume
-from tests.conftest import make_config
+from tests.conftest import REPO, main_command, make_config, run_tool, tool_env
 
-REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 600  # Seconds for one subprocess (a cold compile on a busy 2-core machine).
 OVERRIDES = {
   'train.batch_size': 16,  # 8 steps per epoch: an evaluation and a best checkpoint at 8.
@@ -51,42 +50,15 @@ def _copy(trained: Path, tmp_path: Path) -> Path:
   return workdir
 
 
-def _env() -> dict[str, str]:
-  return dict(
-    os.environ,
-    PYTHONPATH=str(REPO),
-    TF_CPP_MIN_LOG_LEVEL='2',
-    JAX_PLATFORMS='cpu',
-    JAX_NUM_CPU_DEVICES='1',
-    JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0.5',
-  )
-
-
 def _main(data_dir: str, workdir: Path, *flags: str) -> subprocess.CompletedProcess:
   overrides = [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
-  cmd = [
-    sys.executable,
-    '-m',
-    'jaxattr.main',
-    '--config=configs/test.py',
-    f'--workdir={workdir}',
-    f'--config.data.data_dir={data_dir}',
-    *overrides,
-    *flags,
-  ]
-  return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+  cmd = main_command(data_dir, workdir, *overrides, *flags)
+  env = tool_env(1)
+  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
 
 
 def _tool(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run(
-    [sys.executable, '-m', *args],
-    cwd=REPO,
-    env=_env(),
-    capture_output=True,
-    text=True,
-    timeout=TIMEOUT,
-  )
+  return run_tool(*args, timeout=TIMEOUT, num_devices=1)
 
 
 def _corrupt(step_dir: Path) -> Path:
@@ -112,7 +84,7 @@ def _hold_lock(workdir: Path) -> subprocess.Popen:
   proc = subprocess.Popen(
     [sys.executable, '-c', _HOLDER, str(workdir)],
     cwd=REPO,
-    env=_env(),
+    env=tool_env(1),
     stdout=subprocess.PIPE,
     text=True,
   )
@@ -129,6 +101,7 @@ def _kill(holder: subprocess.Popen) -> None:
 # --- Resuming -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_rerun_with_another_config_is_refused_listing_the_fields(trained, data_dir, tmp_path):
   workdir = _copy(trained, tmp_path)
   before = {p: (workdir / p).read_bytes() for p in ('config.json', 'config_history.jsonl')}
@@ -192,6 +165,7 @@ def test_the_same_config_resumes_and_a_fresh_folder_takes_any(trained, data_dir,
   assert resume.check_resume(tmp_path, _config(data_dir)) == {}
 
 
+@pytest.mark.slow
 def test_allowed_change_resumes_from_the_newest_readable_checkpoint_after_a_killed_run(
   trained, data_dir, tmp_path
 ):
@@ -238,6 +212,7 @@ def test_allowed_change_resumes_from_the_newest_readable_checkpoint_after_a_kill
 # --- One writer -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_folder_in_use_stops_naming_the_first(trained, data_dir, tmp_path):
   workdir = _copy(trained, tmp_path)
   holder = _hold_lock(workdir)
@@ -275,6 +250,7 @@ def test_lock_names_its_holder_and_is_released(tmp_path, caplog):
     assert 'Took over' not in caplog.text
 
 
+@pytest.mark.slow
 def test_a_killed_holders_lock_is_taken_over_with_a_log_line(tmp_path, caplog):
   holder = _hold_lock(tmp_path)
   _kill(holder)
@@ -325,6 +301,7 @@ def _best_dir(workdir: Path) -> Path:
   return step_dir
 
 
+@pytest.mark.slow
 def test_tools_name_a_damaged_checkpoint_in_one_line(trained, tmp_path):
   workdir = _copy(trained, tmp_path)
   best = _best_dir(workdir)

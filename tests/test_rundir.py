@@ -91,7 +91,9 @@ FILE_NAMES = (
 )
 # A file name as a word of a string: 'results.json', 'see results.json', 'a/results.json'.
 _FILE_NAME = re.compile(
-  r'(?<![\w.-])(' + '|'.join(map(re.escape, FILE_NAMES)) + r')(?![\w-])'
+  r'(?<![\w.-])('
+  + '|'.join(map(re.escape, FILE_NAMES))
+  + r')(?![\w-])'
   + r'|(?<![\w.-])eval_\S*\.json|(?<![\w.-])log\.\S*\.txt'
 )
 DIRS = (*layout.CHECKPOINT_DIRS.values(), layout.DAMAGED)
@@ -150,7 +152,12 @@ ok = resolve_checkpoint(w, 'best')
 ok = 'results.jsonl.bak.json_x'
 """
   assert [line.split(':')[0] for line in spelled_layout_names(source)] == [
-    '3', '4', '5', '6', '7', '8'
+    '3',
+    '4',
+    '5',
+    '6',
+    '7',
+    '8',
   ]
 
 

@@ -24,28 +24,12 @@ from pathlib import Path
 import jax
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO, free_port, tool_env
+
 # Installing Slurm, three starts and two trainings: 4 min on 2 idle cores; a bound for a
 # busy machine.
 SCRIPT_TIMEOUT_S = 1800
 JOIN_TIMEOUT_S = 5
-
-
-def _env(**extra: str) -> dict[str, str]:
-  return dict(
-    os.environ,
-    PYTHONPATH=str(REPO),
-    TF_CPP_MIN_LOG_LEVEL='2',
-    JAX_PLATFORMS='cpu',
-    JAX_NUM_CPU_DEVICES='1',
-    **extra,
-  )
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 def _jaxattr_lines(stderr: str) -> list[str]:
@@ -60,7 +44,7 @@ def _join(address: str, index: int) -> subprocess.CompletedProcess:
     'print("joined")\n'
   )
   return subprocess.run(
-    [sys.executable, '-c', code], env=_env(), capture_output=True, text=True, timeout=120
+    [sys.executable, '-c', code], env=tool_env(1), capture_output=True, text=True, timeout=120
   )
 
 
@@ -91,7 +75,7 @@ def test_a_task_that_cannot_reach_its_coordinator_stops_with_one_line(tmp_path):
         f'--join_timeout_s={JOIN_TIMEOUT_S}',
       ],
       cwd=REPO,
-      env=_env(**slurm),
+      env=tool_env(1, **slurm),
       capture_output=True,
       text=True,
       timeout=240,
@@ -109,7 +93,7 @@ def test_a_task_that_cannot_reach_its_coordinator_stops_with_one_line(tmp_path):
 
 
 def test_a_coordinator_whose_other_process_never_comes_stops_with_one_line():
-  address = f'127.0.0.1:{_free_port()}'
+  address = f'127.0.0.1:{free_port()}'
   proc = _join(address, 0)
   assert proc.returncode == 1, proc.stderr[-3000:]
   assert 'joined' not in proc.stdout
@@ -151,6 +135,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(
   not _slurm_installable(), reason='needs root and Slurm or apt-get (CI has both)'
 )
+@pytest.mark.slow
 def test_slurm_preempts_and_requeues_a_job_that_ends_like_an_uninterrupted_run():
   env = dict(
     os.environ,

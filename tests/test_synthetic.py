@@ -215,6 +215,7 @@ def test_examples_are_the_recorded_ones(where, shape, digest):
   assert h.hexdigest()[:16] == digest
 
 
+@pytest.mark.slow
 def test_drawing_modules_import_no_tensorflow():
   code = (
     'import sys; import jaxattr.data.pedestrians, jaxattr.data.cues; '

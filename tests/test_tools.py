@@ -140,6 +140,7 @@ def assert_close_metrics(got, expected, path='') -> None:
 # --- evaluate -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_evaluate_reproduces_results_and_tunes_on_validation(run, direct):
   workdir, config = run
   proc = run_tool('jaxattr.evaluate', f'--workdir={workdir}', '--tune_thresholds')
@@ -219,6 +220,7 @@ def test_tune_thresholds_by_hand():
 # --- predict --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_predict_cli_matches_model_and_reports_bad_inputs(run, direct, images):
   workdir, _ = run
   inputs = [
@@ -250,6 +252,7 @@ def test_predict_cli_matches_model_and_reports_bad_inputs(run, direct, images):
     ]
 
 
+@pytest.mark.slow
 def test_predict_json_box_and_attention(run, direct, images, tmp_path):
   workdir, _ = run
   predictor = inference.Predictor.from_workdir(workdir, batch_size=2, tuned_thresholds=False)
@@ -297,6 +300,7 @@ def test_predict_json_box_and_attention(run, direct, images, tmp_path):
   assert overlays[: png.size[1] // 2].any() and overlays[png.size[1] // 2 :].any()
 
 
+@pytest.mark.slow
 def test_predict_folder_sorted_and_directory_output(run, images, tmp_path):
   workdir, _ = run
   folder = tmp_path / 'in'
@@ -338,6 +342,7 @@ def test_predict_flags_one_line_each(tmp_path):
   ]
 
 
+@pytest.mark.slow
 def test_workdir_without_checkpoints_is_one_line_error(run, images, tmp_path):
   workdir, _ = run
   empty = tmp_path / 'no_checkpoints'
@@ -353,6 +358,7 @@ def test_workdir_without_checkpoints_is_one_line_error(run, images, tmp_path):
     assert 'Traceback' not in proc.stderr
 
 
+@pytest.mark.slow
 def test_tuned_thresholds_follow_their_checkpoint(run, tmp_path):
   workdir, _ = run
   copy = tmp_path / 'run'
@@ -370,6 +376,7 @@ def test_tuned_thresholds_follow_their_checkpoint(run, tmp_path):
   np.testing.assert_array_equal(predictor.thresholds, np.full(14, 0.5))
 
 
+@pytest.mark.slow
 def test_predictor_from_variables_in_memory(run, direct, images):
   _, config = run
   predictor = inference.Predictor.from_variables(
@@ -385,6 +392,7 @@ def test_predictor_from_variables_in_memory(run, direct, images):
     np.testing.assert_allclose(level_masks.sum(axis=(1, 2)), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_attributes_from_the_workdir(run):
   workdir, _ = run
   names, ratio = files.load_attributes(workdir)
@@ -397,6 +405,7 @@ def test_attributes_from_the_workdir(run):
 # --- export ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_export_then_predict_exported(run, direct, images, tmp_path):
   workdir, _ = run
   model_file = tmp_path / 'model.bin'

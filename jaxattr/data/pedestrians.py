@@ -227,7 +227,6 @@ def _jitter(colour: tuple[int, int, int], amount: float) -> tuple[int, int, int]
   return tuple(int(max(0, min(255, c + amount))) for c in colour)
 
 
-
 # --- Geometry -----------------------------------------------------------------
 class _Figure:
   """Maps body coordinates to pixels.

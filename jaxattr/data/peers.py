@@ -74,7 +74,7 @@ def zero_shot_file(run: int) -> str:
 
 def _layout(image_dir: str) -> str:
   return (
-    f'<manual_dir>/{ALL_FILE} or dataset_zs_run<k>.pkl   (Rethinking_of_PAR\'s format_*.py)\n'
+    f"<manual_dir>/{ALL_FILE} or dataset_zs_run<k>.pkl   (Rethinking_of_PAR's format_*.py)\n"
     f'<manual_dir>/{image_dir}/<the image_name entries of the file>'
   )
 
@@ -141,7 +141,7 @@ class RestrictedUnpickler(pickle.Unpickler):
       return self._admitted[(module, name)]
     except KeyError:
       raise DataError(
-        f'{self._path}: refused to load {module}.{name}: a peers\' dataset file holds only '
+        f"{self._path}: refused to load {module}.{name}: a peers' dataset file holds only "
         'EasyDict, numpy arrays and builtin containers, and loading other classes can run '
         'code.'
       ) from None
@@ -198,7 +198,7 @@ def load_peers_file(path: Path) -> PeersFile:
     with open(path, 'rb') as f:
       data = RestrictedUnpickler(f, path).load()
   except FileNotFoundError as e:
-    raise DataError(f'{path}: the peers\' dataset file is missing.') from e
+    raise DataError(f"{path}: the peers' dataset file is missing.") from e
   except DataError:
     raise
   except Exception as e:  # noqa: BLE001  (pickle raises many kinds on a damaged file)
@@ -380,7 +380,7 @@ class PeersBuilder(manual.ManualDirBuilder, skip_registration=True):
       if not root.is_dir() or not any(root.iterdir()):
         raise self._error(root, [f'{root} (the folder does not exist or is empty)'])
       if not path.is_file():
-        raise self._error(root, [f'{path} (the peers\' dataset file)'])
+        raise self._error(root, [f"{path} (the peers' dataset file)"])
       peers = load_peers_file(path)
       if peers.description and peers.description != self.DESCRIPTION:
         raise DataError(
@@ -393,16 +393,14 @@ class PeersBuilder(manual.ManualDirBuilder, skip_registration=True):
   def _read_attribute_names(self, root: Path) -> list[str]:
     peers = self._load(root)
     return [
-      peers.attribute_names[c]
-      for c in selected_columns(peers, self.builder_config.evaluated_only)
+      peers.attribute_names[c] for c in selected_columns(peers, self.builder_config.evaluated_only)
     ]
 
   def _check_prepared(self, root: Path) -> None:
     path = root / self.builder_config.file
     prepared = self.info.metadata.get('file_sha256')
-    if (
-      self._read_attribute_names(root) != self._attribute_names()
-      or (prepared is not None and prepared != custom.fingerprint([path]))
+    if self._read_attribute_names(root) != self._attribute_names() or (
+      prepared is not None and prepared != custom.fingerprint([path])
     ):
       raise DataError(
         f'{path}: the file changed since the dataset at {self.data_path} was prepared from '
@@ -472,8 +470,8 @@ class PeersPeta(PeersBuilder):
   """PETA from the peers' files: 35 evaluated attributes; PETAzs."""
 
   BUILDER_CONFIGS = builder_configs(NUM_PARTITIONS, NUM_ZERO_SHOT_RUNS)
-  DISPLAY_NAME = 'PETA (the peers\' dataset file)'
-  SOURCE = f'Rethinking_of_PAR\'s format_peta.py over PETA, {HOMEPAGE}'
+  DISPLAY_NAME = "PETA (the peers' dataset file)"
+  SOURCE = f"Rethinking_of_PAR's format_peta.py over PETA, {HOMEPAGE}"
   DESCRIPTION = 'peta'
   IMAGE_DIR = 'images'
   LAYOUT = _layout(IMAGE_DIR)
@@ -483,8 +481,8 @@ class PeersPa100k(PeersBuilder):
   """PA-100K from the peers' file: 26 attributes, one partition."""
 
   BUILDER_CONFIGS = builder_configs(1, 0)
-  DISPLAY_NAME = 'PA-100K (the peers\' dataset file)'
-  SOURCE = f'Rethinking_of_PAR\'s format_pa100k.py over PA-100K, {HOMEPAGE}'
+  DISPLAY_NAME = "PA-100K (the peers' dataset file)"
+  SOURCE = f"Rethinking_of_PAR's format_pa100k.py over PA-100K, {HOMEPAGE}"
   DESCRIPTION = 'pa100k'
   IMAGE_DIR = 'data'
   LAYOUT = _layout(IMAGE_DIR)
@@ -495,8 +493,8 @@ class PeersRap1(PeersBuilder):
   """RAP v1 from the peers' file: 51 evaluated attributes, trainval / test only."""
 
   BUILDER_CONFIGS = builder_configs(NUM_PARTITIONS, 0)
-  DISPLAY_NAME = 'RAP v1 (the peers\' dataset file)'
-  SOURCE = f'Rethinking_of_PAR\'s format_rap.py over RAP v1, {HOMEPAGE}'
+  DISPLAY_NAME = "RAP v1 (the peers' dataset file)"
+  SOURCE = f"Rethinking_of_PAR's format_rap.py over RAP v1, {HOMEPAGE}"
   DESCRIPTION = 'rap'
   IMAGE_DIR = 'RAP_dataset'
   LAYOUT = _layout(IMAGE_DIR)
@@ -506,9 +504,8 @@ class PeersRap2(PeersBuilder):
   """RAP v2 from the peers' files: 54 evaluated attributes (53 in RAPzs)."""
 
   BUILDER_CONFIGS = builder_configs(NUM_PARTITIONS, NUM_ZERO_SHOT_RUNS)
-  DISPLAY_NAME = 'RAP v2 (the peers\' dataset file)'
-  SOURCE = f'Rethinking_of_PAR\'s format_rap2.py over RAP v2, {HOMEPAGE}'
+  DISPLAY_NAME = "RAP v2 (the peers' dataset file)"
+  SOURCE = f"Rethinking_of_PAR's format_rap2.py over RAP v2, {HOMEPAGE}"
   DESCRIPTION = 'rap2'
   IMAGE_DIR = 'RAP_dataset'
   LAYOUT = _layout(IMAGE_DIR)
-

@@ -68,8 +68,7 @@ def holdout_validation(
   """
   held = np.array(
     [
-      int.from_bytes(hashlib.sha256(image_names[r].encode()).digest()[:8], 'big')
-      % HOLDOUT_MODULUS
+      int.from_bytes(hashlib.sha256(image_names[r].encode()).digest()[:8], 'big') % HOLDOUT_MODULUS
       == 0
       for r in rows
     ],

@@ -10,10 +10,10 @@ One attention module per level i works on the backbone tap `k_i` [B, H, W, D]:
                      Conv(512, kernel = H x W of its input, VALID)-BN-ReLU -> Dense(C)
 
 Masks, confidences and the weighted masks are float32 whatever the compute dtype
-(the softmax is computed in float32). Channel counts arrive already multiplied by the
-model's width. Convolutions followed by BatchNorm have no bias (BN's own bias
-replaces it); the logit convs and Dense layers have one. Head layers use the Flax
-default initialisers (the paper does not fix them).
+(the softmax is computed in float32), or float64 with float64 compute. Channel counts
+arrive already multiplied by the model's width. Convolutions followed by BatchNorm have
+no bias (BN's own bias replaces it); the logit convs and Dense layers have one. Head
+layers use the Flax default initialisers (the paper does not fix them).
 
 The feature-level aggregations of paper §4.4 need the level-3 and level-4 weighted
 masks on one grid: `upsample_to` (nearest), `max_pool_to` (2x2, stride 2) and
@@ -35,6 +35,11 @@ Array = jax.Array
 Dtype = Any
 
 
+def at_least_float32(x: Array) -> Array:
+  """`x` in float32, or in its own dtype if wider (float64 compute, which the tests use)."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def spatial_softmax(z: Array) -> Array:
   """Softmax over all spatial positions, separately per channel, in float32.
 
@@ -45,7 +50,7 @@ def spatial_softmax(z: Array) -> Array:
     a [B, H, W, C] float32 with `a[b, :, :, c].sum() == 1`.
   """
   b, h, w, c = z.shape
-  flat = z.astype(jnp.float32).reshape(b, h * w, c)
+  flat = at_least_float32(z).reshape(b, h * w, c)
   return jax.nn.softmax(flat, axis=1).reshape(b, h, w, c)
 
 
@@ -99,9 +104,8 @@ class AttentionMask(nn.Module):
     a = spatial_softmax(z)
     if not self.confidence_weighting:
       return a, jnp.ones_like(a), a
-    s = jax.nn.sigmoid(
-      _conv1x1(self.num_classes, True, dt, pdt, 'confidence')(x).astype(jnp.float32)
-    )
+    s = _conv1x1(self.num_classes, True, dt, pdt, 'confidence')(x)
+    s = jax.nn.sigmoid(at_least_float32(s))
     return a, s, a * s
 
 
@@ -182,7 +186,7 @@ class AttentionClassifier(nn.Module):
     y = FullSpatialConv(c3, dt, pdt, name='conv3')(y)
     y = nn.relu(batch_norm(train, dt, pdt, 'bn3')(y))
     y = y.reshape(y.shape[0], c3)
-    return nn.Dense(self.num_classes, dtype=dt, param_dtype=pdt, name='fc')(y).astype(jnp.float32)
+    return at_least_float32(nn.Dense(self.num_classes, dtype=dt, param_dtype=pdt, name='fc')(y))
 
 
 class AttentionHead(nn.Module):
@@ -302,4 +306,4 @@ class StridedConvDown(nn.Module):
       param_dtype=self.param_dtype,
       name='conv',
     )(u)
-    return y.astype(jnp.float32)
+    return at_least_float32(y)

@@ -57,7 +57,7 @@ def creator(module: type[nn.Module], fields: Fields) -> Callable[..., nn.Module]
 
   create.__name__ = create.__qualname__ = f'create_{module.__name__.lower()}'
   create.__doc__ = (
-    f'A `{module.__name__}` by torchvision name; the arguments are `backbone.creator`\'s.'
+    f"A `{module.__name__}` by torchvision name; the arguments are `backbone.creator`'s."
   )
   return create
 

@@ -14,9 +14,10 @@ Top-level parameters (and batch_stats) of `AttributeModel`:
   downsample            ... the stride-2 conv ('feature_strided_conv' only) ...
   attention_classifier  ... and the one classifier on the summed weighted masks
 
-The output is a dict of float32 arrays: `logits` (the mean of primary and attention
-logits), `primary_logits`, `attention_logits` [L, B, C], and the tuples `masks` and
-`confidences` ([B, Hi, Wi, C] per entry of `levels`) for the tools that draw them.
+The output is a dict of float32 arrays (float64 with float64 compute): `logits` (the
+mean of primary and attention logits), `primary_logits`, `attention_logits` [L, B, C],
+and the tuples `masks` and `confidences` ([B, Hi, Wi, C] per entry of `levels`) for the
+tools that draw them.
 """
 
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from jaxattr.models.attention import (
   AttentionHead,
   AttentionMask,
   StridedConvDown,
+  at_least_float32,
   max_pool_to,
   upsample_to,
 )
@@ -144,7 +146,7 @@ class AttributeModel(nn.Module):
 
     # The vector the backbone's ImageNet head reads (ResNet: the average of k2; ViT:
     # the class token), so the primary classifier sits where that head sat.
-    pooled = taps['pooled'].astype(jnp.float32)
+    pooled = at_least_float32(taps['pooled'])
     primary = nn.Dense(
       self.num_classes,
       kernel_init=nn.initializers.xavier_uniform(),
@@ -152,7 +154,8 @@ class AttributeModel(nn.Module):
       dtype=dt,
       param_dtype=pdt,
       name='classifier',
-    )(pooled).astype(jnp.float32)
+    )(pooled)
+    primary = at_least_float32(primary)
 
     mask_channels = scale_channels(self.mask_channels, self.width)
     classifier_channels = tuple(scale_channels(c, self.width) for c in self.classifier_channels)
@@ -203,7 +206,7 @@ class AttributeModel(nn.Module):
     if attention_logits:
       stacked = jnp.stack(attention_logits)
     else:
-      stacked = jnp.zeros((0, *primary.shape), jnp.float32)
+      stacked = jnp.zeros((0, *primary.shape), primary.dtype)
     return {
       'logits': jnp.mean(jnp.concatenate([primary[None], stacked]), axis=0),
       'primary_logits': primary,

@@ -62,14 +62,9 @@ def require_dir(workdir: Path) -> None:
     raise RunError(f'{workdir}: no such workdir.')
 
 
-
-
-
 def checkpoint_dir(workdir: str | Path, which: str) -> Path:
   """`workdir/checkpoints` ('latest') or `workdir/best` ('best')."""
   return Path(workdir) / CHECKPOINT_DIRS[which]
-
-
 
 
 def metrics_path(workdir: str | Path) -> Path:
@@ -83,18 +78,14 @@ def log_path(workdir: str | Path, process_index: int = 0) -> Path:
   return Path(workdir) / name
 
 
-
-
 def attention_path(workdir: str | Path) -> Path:
   """`workdir/attention.png`: the end-of-run attention grid."""
   return Path(workdir) / ATTENTION
 
 
-
 def eval_report_path(workdir: str | Path, split: str, which: str) -> Path:
   """Where `jaxattr.evaluate` writes its report of `split` and checkpoint `which`."""
   return Path(workdir) / f'eval_{split}_{which}.json'
-
 
 
 def create_workdir(workdir: str | Path) -> Path:

@@ -59,7 +59,6 @@ def config_differences(old: Any, new: Any) -> dict[str, tuple[Any, Any]]:
   }
 
 
-
 def _value(value: Any) -> str:
   return value if value is schema.MISSING else json.dumps(value)
 
