@@ -50,6 +50,8 @@ from jaxattr.config_validation import (
 DTYPES = ('float32', 'bfloat16', 'float16')
 SELECTION_METRICS = ('map', 'ma', 'f1')
 AP_DEFINITIONS = ('voc', 'sklearn')
+# The config argument that reports the peers' protocol beside jaxattr's (`apply_args`).
+PEERS_PROTOCOL = 'peers_protocol'
 MISSING = '(absent)'  # The value of a field that one of two compared configs lacks.
 # The recipes (`configs/<name>.py`) of the repository this package is part of.
 RECIPES = Path(__file__).resolve().parents[1] / 'configs'
@@ -516,7 +518,9 @@ def fixed_reason(field: str, old: Any, new: Any) -> str | None:
 def apply_args(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
   """Applies config-file arguments, e.g. `configs/wider.py:resnet50`.
 
-  `arg` is a comma-separated list of tokens; a backbone name selects the backbone.
+  `arg` is a comma-separated list of tokens; a backbone name selects the backbone, and
+  `peers_protocol` adds the test split every epoch, reported beside the validation-selected
+  result as the peers' protocol (`evaluators.add_peers_protocol`; it never selects).
 
   Args:
     config: the config to change in place.
@@ -529,8 +533,13 @@ def apply_args(config: ml_collections.ConfigDict, arg: str | None) -> ml_collect
   for token in filter(None, (arg or '').split(',')):
     if token in backbones:
       config.model.backbone = token
+    elif token == PEERS_PROTOCOL:
+      from jaxattr import evaluators
+
+      evaluators.add_peers_protocol(config)
     else:
-      raise ValueError(f'Unknown config argument {token!r}; expected one of {backbones}.')
+      expected = (*backbones, PEERS_PROTOCOL)
+      raise ValueError(f'Unknown config argument {token!r}; expected one of {expected}.')
   return config
 
 

@@ -221,3 +221,17 @@ def test_peers_curve_and_its_table():
   label = "best epoch on test (the peers' protocol; optimistic)"
   assert f'peers: {label}: map_voc 30.00 at step 8' in text
   assert '| 16 | 20.00 | n/a |' in text
+
+
+def test_peers_protocol_is_a_recipe_argument():
+  """`--config=configs/<recipe>.py:peers_protocol` declares what `add_peers_protocol` does."""
+  recipe = schema.load_recipe('test')
+  by_arg = recipe.get_config('peers_protocol')
+  assert (
+    by_arg.evals.to_dict() == evaluators.add_peers_protocol(recipe.get_config()).evals.to_dict()
+  )
+  assert by_arg.evals.test_every_epoch.peers_protocol is True
+  assert by_arg.evals.val.select is True  # Validation still selects.
+  assert schema.validate(by_arg) == []
+  with pytest.raises(ValueError, match="'peers_protocol'"):
+    recipe.get_config('nosuch')
