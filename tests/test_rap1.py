@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
-import tensorflow_datasets as tfds
 
 from jaxattr.data import rap1
 from jaxattr.data.common import DataError
-from tests.conftest import sorted_examples
+from tests.conftest import build, sorted_examples
 from tests.test_rap2 import assert_split, cell, rap_labels, write_images
 
 NUM_IMAGES = 12
@@ -90,10 +89,7 @@ def fixture_root(tmp_path_factory):
 
 @pytest.mark.parametrize('partition', [0, 1])
 def test_build(fixture_root, tmp_path, partition):
-  builder = rap1.Rap1(data_dir=str(tmp_path), config=f'partition{partition}')
-  builder.download_and_prepare(
-    download_config=tfds.download.DownloadConfig(manual_dir=str(fixture_root))
-  )
+  builder = build(rap1.Rap1, fixture_root, tmp_path, config=f'partition{partition}')
   assert builder.info.metadata['attribute_names'] == ALL_NAMES[:51]
   assert builder.info.features['labels'].shape == (51,)
   trainval = [r - 1 for r in PARTITIONS[partition]['trainval']]
@@ -126,11 +122,8 @@ def test_trainval_field_name(tmp_path):
 
 def test_missing_annotation(tmp_path):
   (tmp_path / 'raw/RAP_dataset').mkdir(parents=True)
-  builder = rap1.Rap1(data_dir=str(tmp_path / 'tfds'))
   with pytest.raises(DataError) as e:
-    builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / 'raw'))
-    )
+    build(rap1.Rap1, tmp_path / 'raw', tmp_path / 'tfds')
   missing = str(e.value).split('Expected layout')[0]
   assert 'RAP_annotation.mat' in missing and 'RAP_dataset' not in missing
   assert 'http://www.rapdataset.com/' in str(e.value)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from jaxattr.data import rap2
 from jaxattr.data.common import DataError
-from tests.conftest import sorted_examples
+from tests.conftest import build, sorted_examples
 
 NUM_IMAGES = 9
 ALL_NAMES = [f'attr{i:03d}' for i in range(1, 153)]  # 152 attributes, as in RAP v2.
@@ -128,11 +128,8 @@ def test_manual_dir_given_to_constructor(fixture_root, tmp_path):
 
 
 def test_missing_manual_dir(tmp_path):
-  builder = rap2.Rap2(data_dir=str(tmp_path / 'tfds'))
   with pytest.raises(DataError) as e:
-    builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / 'absent'))
-    )
+    build(rap2.Rap2, tmp_path / 'absent', tmp_path / 'tfds')
   assert str(tmp_path / 'absent') in str(e.value)
   assert 'http://www.rapdataset.com/' in str(e.value)
   assert 'RAP_annotation/RAP_annotation.mat' in str(e.value)
@@ -140,11 +137,8 @@ def test_missing_manual_dir(tmp_path):
 
 def test_missing_annotation(tmp_path):
   (tmp_path / 'raw/RAP_dataset').mkdir(parents=True)
-  builder = rap2.Rap2(data_dir=str(tmp_path / 'tfds'))
   with pytest.raises(DataError) as e:
-    builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / 'raw'))
-    )
+    build(rap2.Rap2, tmp_path / 'raw', tmp_path / 'tfds')
   missing = str(e.value).split('Expected layout')[0]
   assert 'RAP_annotation.mat' in missing and 'RAP_dataset' not in missing
 
@@ -153,9 +147,8 @@ def test_missing_image(tmp_path):
   root = tmp_path / 'raw'
   _write_fixture(root)
   (root / 'RAP_dataset' / NAMES[5]).unlink()
-  builder = rap2.Rap2(data_dir=str(tmp_path / 'tfds'))
   with pytest.raises(DataError, match=str(root / 'RAP_dataset' / NAMES[5])):
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
+    build(rap2.Rap2, root, tmp_path / 'tfds')
 
 
 def test_wrong_label_width(tmp_path):
