@@ -123,11 +123,13 @@ class Rap2Config(tfds.core.BuilderConfig):
 
 
 class RapBuilder(manual.ManualDirBuilder, skip_registration=True):
-  """What RAP v1 and v2 share: images `RAP_dataset/<name>` stored as PNG, one
-  RAP_annotation.mat, five partitions as builder configs.
+  """The builder RAP v1 and v2 share; a subclass states its reader and metadata.
 
-  A subclass sets `READ_MAT`: the annotation file -> an annotation with
-  `attribute_names`, `image_names`, `labels` and `partitions`.
+  Both releases keep their images as `RAP_dataset/<name>` (stored as PNG), their
+  labels in RAP_annotation/RAP_annotation.mat and five partitions (the builder
+  configs). A subclass sets `READ_MAT` (the annotation file -> an annotation with
+  `attribute_names`, `image_names`, `labels` and `partitions`) and overrides
+  `_split_rows` where its splits are not the partition's own.
   """
 
   BUILDER_CONFIGS = [
