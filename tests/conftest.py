@@ -271,6 +271,15 @@ def sorted_examples(builder, split: str, **kwargs: Any) -> list[dict[str, Any]]:
   return sorted(examples, key=lambda e: e['index'])
 
 
+def build(builder_cls, root: Path, data_dir: Path, **kwargs: Any):
+  """A `builder_cls(data_dir=data_dir, **kwargs)` prepared from the manual dir `root`."""
+  import tensorflow_datasets as tfds
+
+  builder = builder_cls(data_dir=str(data_dir), **kwargs)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
+  return builder
+
+
 def write_blank_png(path: Path, width: int, height: int) -> None:
   """Writes a black 1-bit greyscale PNG without ever holding its pixels.
 

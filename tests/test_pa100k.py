@@ -1,5 +1,6 @@
 """Tests of the PA-100K builder on a tiny fixture in the official annotation.mat format."""
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from PIL import Image
 
 from jaxattr.data import pa100k
 from jaxattr.data.common import DataError
-from tests.conftest import sorted_examples
+from tests.conftest import build, sorted_examples
 
 NAMES = (
   'Female AgeOver60 Age18-60 AgeLess18 Front Side Back Hat Glasses HandBag ShoulderBag '
@@ -53,10 +54,7 @@ def _write_fixture(root: Path, labels=None) -> None:
   scipy.io.savemat(root / 'annotation.mat', contents)
 
 
-def _build(root: Path, data_dir: Path) -> pa100k.Pa100k:
-  builder = pa100k.Pa100k(data_dir=str(data_dir))
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
-  return builder
+_build = functools.partial(build, pa100k.Pa100k)
 
 
 def test_build(tmp_path):

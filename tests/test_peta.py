@@ -11,7 +11,7 @@ from PIL import Image
 
 from jaxattr.data import peta
 from jaxattr.data.common import DataError
-from tests.conftest import sorted_examples
+from tests.conftest import build, sorted_examples
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
 REAL_MAT = SHARED_DATA / 'PETA.mat'
@@ -86,9 +86,7 @@ def _expected_labels(number: int) -> np.ndarray:
 
 
 def _build(root: Path, data_dir: Path, config: str, **kwargs) -> peta.Peta:
-  builder = peta.Peta(data_dir=str(data_dir), config=config, **kwargs)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
-  return builder
+  return build(peta.Peta, root, data_dir, config=config, **kwargs)
 
 
 # --- PETA.mat form, tiny fixture ------------------------------------------------

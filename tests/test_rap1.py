@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
-import tensorflow_datasets as tfds
-from PIL import Image
 
 from jaxattr.data import rap1
 from jaxattr.data.common import DataError
-from tests.conftest import sorted_examples
+from tests.conftest import build, sorted_examples
+from tests.test_rap2 import assert_split, cell, rap_labels, write_images
 
 NUM_IMAGES = 12
 ALL_NAMES = [f'attr{i:02d}' for i in range(1, 93)]  # 92 attributes, as in RAP v1.
@@ -37,18 +36,9 @@ def _colour(row: int) -> tuple[int, int, int]:
   return (20 * row, 100, 255 - 20 * row)
 
 
-def _cell(items, shape):
-  cell = np.empty(shape, dtype=object)
-  for i, item in enumerate(items):
-    cell.reshape(-1)[i] = item
-  return cell
-
-
 def _write_fixture(root: Path, label=LABEL, trainval_field: str = 'train') -> None:
   """RAP v1's RAP_annotation.mat: its seven fields, partion a 5x1 cell of 1xN rows."""
-  (root / 'RAP_dataset').mkdir(parents=True)
-  for row, name in enumerate(NAMES):
-    Image.fromarray(np.full((12, 5, 3), _colour(row), np.uint8)).save(root / 'RAP_dataset' / name)
+  write_images(root / 'RAP_dataset', NAMES, (12, 5), _colour)
   partitions = [
     {
       trainval_field: np.asarray(p['trainval'], np.float64).reshape(1, -1),
@@ -62,13 +52,13 @@ def _write_fixture(root: Path, label=LABEL, trainval_field: str = 'train') -> No
     root / 'RAP_annotation/RAP_annotation.mat',
     {
       'RAP_annotation': {
-        'partion': _cell(partitions, (5, 1)),
+        'partion': cell(partitions, (5, 1)),
         'label': label,
-        'attribute_chinese': _cell([f'属性{i}' for i in range(92)], (92, 1)),
-        'attribute_eng': _cell(ALL_NAMES, (92, 1)),
+        'attribute_chinese': cell([f'属性{i}' for i in range(92)], (92, 1)),
+        'attribute_eng': cell(ALL_NAMES, (92, 1)),
         'position': np.zeros((NUM_IMAGES, 16), np.int32),
-        'imagesname': _cell(NAMES, (NUM_IMAGES, 1)),
-        'attribute_exp': _cell([f'short{i}' for i in range(51)], (51, 1)),
+        'imagesname': cell(NAMES, (NUM_IMAGES, 1)),
+        'attribute_exp': cell([f'short{i}' for i in range(51)], (51, 1)),
       }
     },
   )
@@ -80,7 +70,7 @@ def _held_out(row: int) -> bool:
 
 
 def _expected_labels(row: int) -> np.ndarray:
-  return np.array([{0: 0, 1: 1, 2: -1}[int(v)] for v in LABEL[row, :51]], np.int8)
+  return rap_labels(LABEL[row, :51])
 
 
 def test_the_fixture_holds_out_some_but_not_all():
@@ -99,10 +89,7 @@ def fixture_root(tmp_path_factory):
 
 @pytest.mark.parametrize('partition', [0, 1])
 def test_build(fixture_root, tmp_path, partition):
-  builder = rap1.Rap1(data_dir=str(tmp_path), config=f'partition{partition}')
-  builder.download_and_prepare(
-    download_config=tfds.download.DownloadConfig(manual_dir=str(fixture_root))
-  )
+  builder = build(rap1.Rap1, fixture_root, tmp_path, config=f'partition{partition}')
   assert builder.info.metadata['attribute_names'] == ALL_NAMES[:51]
   assert builder.info.features['labels'].shape == (51,)
   trainval = [r - 1 for r in PARTITIONS[partition]['trainval']]
@@ -114,12 +101,7 @@ def test_build(fixture_root, tmp_path, partition):
   }
   assert sorted(builder.info.splits) == sorted(expected_rows)
   for split, rows in expected_rows.items():
-    examples = sorted_examples(builder, split)
-    assert [int(e['index']) for e in examples] == list(range(len(rows)))
-    assert [e['image_id'].decode() for e in examples] == [f'RAP_dataset/{NAMES[r]}' for r in rows]
-    for example, row in zip(examples, rows, strict=True):
-      np.testing.assert_array_equal(example['labels'], _expected_labels(row))
-      np.testing.assert_array_equal(example['image'][0, 0], _colour(row))  # PNG: exact.
+    assert_split(builder, split, rows, NAMES, _expected_labels, _colour)
   all_labels = np.stack([e['labels'] for e in sorted_examples(builder, 'trainval')])
   assert (all_labels == -1).any()  # Row 2's uncertain gender.
 
@@ -140,11 +122,8 @@ def test_trainval_field_name(tmp_path):
 
 def test_missing_annotation(tmp_path):
   (tmp_path / 'raw/RAP_dataset').mkdir(parents=True)
-  builder = rap1.Rap1(data_dir=str(tmp_path / 'tfds'))
   with pytest.raises(DataError) as e:
-    builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / 'raw'))
-    )
+    build(rap1.Rap1, tmp_path / 'raw', tmp_path / 'tfds')
   missing = str(e.value).split('Expected layout')[0]
   assert 'RAP_annotation.mat' in missing and 'RAP_dataset' not in missing
   assert 'http://www.rapdataset.com/' in str(e.value)

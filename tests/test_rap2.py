@@ -10,7 +10,7 @@ from PIL import Image
 
 from jaxattr.data import rap2
 from jaxattr.data.common import DataError
-from tests.conftest import sorted_examples
+from tests.conftest import build, sorted_examples
 
 NUM_IMAGES = 9
 ALL_NAMES = [f'attr{i:03d}' for i in range(1, 153)]  # 152 attributes, as in RAP v2.
@@ -30,17 +30,38 @@ def _colour(row: int) -> tuple[int, int, int]:
   return (25 * row, 200, 255 - 25 * row)
 
 
-def _cell(items, shape):
-  cell = np.empty(shape, dtype=object)
+def cell(items, shape) -> np.ndarray:
+  """A MATLAB cell array of `shape` holding `items` (in row-major order)."""
+  cells = np.empty(shape, dtype=object)
   for i, item in enumerate(items):
-    cell.reshape(-1)[i] = item
-  return cell
+    cells.reshape(-1)[i] = item
+  return cells
+
+
+def write_images(folder: Path, names, size: tuple[int, int], colour) -> None:
+  """One solid PNG of `size` (height, width) per name; row `r`'s is `colour(r)`."""
+  folder.mkdir(parents=True)
+  for row, name in enumerate(names):
+    Image.fromarray(np.full((*size, 3), colour(row), np.uint8)).save(folder / name)
+
+
+def rap_labels(values) -> np.ndarray:
+  """The builder's labels for RAP's values: 0 and 1 as they are, 2 (uncertain) -> -1."""
+  return np.array([{0: 0, 1: 1, 2: -1}[int(v)] for v in values], np.int8)
+
+
+def assert_split(builder, split: str, rows, names, expected_labels, colour) -> None:
+  """`split` holds the images `RAP_dataset/<names[row]>` of `rows` in order, with their labels."""
+  examples = sorted_examples(builder, split)
+  assert [int(e['index']) for e in examples] == list(range(len(rows)))
+  assert [e['image_id'].decode() for e in examples] == [f'RAP_dataset/{names[r]}' for r in rows]
+  for example, row in zip(examples, rows, strict=True):
+    np.testing.assert_array_equal(example['labels'], expected_labels(row))
+    np.testing.assert_array_equal(example['image'][0, 0], colour(row))  # PNG: exact.
 
 
 def _write_fixture(root: Path, data=DATA) -> None:
-  (root / 'RAP_dataset').mkdir(parents=True)
-  for row, name in enumerate(NAMES):
-    Image.fromarray(np.full((10, 4, 3), _colour(row), np.uint8)).save(root / 'RAP_dataset' / name)
+  write_images(root / 'RAP_dataset', NAMES, (10, 4), _colour)
   partitions = [
     {k: np.asarray(v, np.float64).reshape(1, -1) for k, v in p.items()} for p in PARTITIONS
   ]
@@ -50,11 +71,11 @@ def _write_fixture(root: Path, data=DATA) -> None:
     root / 'RAP_annotation/RAP_annotation.mat',
     {
       'RAP_annotation': {
-        'name': _cell(NAMES, (NUM_IMAGES, 1)),
-        'attribute': _cell(ALL_NAMES, (152, 1)),
+        'name': cell(NAMES, (NUM_IMAGES, 1)),
+        'attribute': cell(ALL_NAMES, (152, 1)),
         'data': data,
         'selected_attribute': np.asarray(SELECTED, np.float64).reshape(1, -1),
-        'partition_attribute': _cell(partitions, (1, 5)),
+        'partition_attribute': cell(partitions, (1, 5)),
         'position': np.zeros((NUM_IMAGES, 16)),  # Present in the release; unused.
       }
     },
@@ -62,8 +83,7 @@ def _write_fixture(root: Path, data=DATA) -> None:
 
 
 def _expected_labels(row: int) -> np.ndarray:
-  values = DATA[row, [c - 1 for c in SELECTED]]
-  return np.array([{0: 0, 1: 1, 2: -1}[int(v)] for v in values], np.int8)
+  return rap_labels(DATA[row, [c - 1 for c in SELECTED]])
 
 
 @pytest.fixture(scope='module')
@@ -89,12 +109,7 @@ def test_build(fixture_root, tmp_path, partition):
     ('test', 'test_index'),
   ):
     rows = [r - 1 for r in PARTITIONS[partition][field]]
-    examples = sorted_examples(builder, split)
-    assert [int(e['index']) for e in examples] == list(range(len(rows)))
-    assert [e['image_id'].decode() for e in examples] == [f'RAP_dataset/{NAMES[r]}' for r in rows]
-    for example, row in zip(examples, rows, strict=True):
-      np.testing.assert_array_equal(example['labels'], _expected_labels(row))
-      np.testing.assert_array_equal(example['image'][0, 0], _colour(row))  # PNG: exact.
+    assert_split(builder, split, rows, NAMES, _expected_labels, _colour)
   # The fixture has uncertain values, so some labels must be -1.
   assert (np.stack([e['labels'] for e in sorted_examples(builder, 'train')]) == -1).any()
 
@@ -113,11 +128,8 @@ def test_manual_dir_given_to_constructor(fixture_root, tmp_path):
 
 
 def test_missing_manual_dir(tmp_path):
-  builder = rap2.Rap2(data_dir=str(tmp_path / 'tfds'))
   with pytest.raises(DataError) as e:
-    builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / 'absent'))
-    )
+    build(rap2.Rap2, tmp_path / 'absent', tmp_path / 'tfds')
   assert str(tmp_path / 'absent') in str(e.value)
   assert 'http://www.rapdataset.com/' in str(e.value)
   assert 'RAP_annotation/RAP_annotation.mat' in str(e.value)
@@ -125,11 +137,8 @@ def test_missing_manual_dir(tmp_path):
 
 def test_missing_annotation(tmp_path):
   (tmp_path / 'raw/RAP_dataset').mkdir(parents=True)
-  builder = rap2.Rap2(data_dir=str(tmp_path / 'tfds'))
   with pytest.raises(DataError) as e:
-    builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / 'raw'))
-    )
+    build(rap2.Rap2, tmp_path / 'raw', tmp_path / 'tfds')
   missing = str(e.value).split('Expected layout')[0]
   assert 'RAP_annotation.mat' in missing and 'RAP_dataset' not in missing
 
@@ -138,9 +147,8 @@ def test_missing_image(tmp_path):
   root = tmp_path / 'raw'
   _write_fixture(root)
   (root / 'RAP_dataset' / NAMES[5]).unlink()
-  builder = rap2.Rap2(data_dir=str(tmp_path / 'tfds'))
   with pytest.raises(DataError, match=str(root / 'RAP_dataset' / NAMES[5])):
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
+    build(rap2.Rap2, root, tmp_path / 'tfds')
 
 
 def test_wrong_label_width(tmp_path):

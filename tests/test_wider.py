@@ -1,17 +1,17 @@
 """Tests of the WIDER-Attribute builder on tiny fixtures in the official format."""
 
+import functools
 import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from PIL import Image
 
 from jaxattr.data import wider
 from jaxattr.data.common import DataError
-from tests.conftest import sorted_examples
+from tests.conftest import build, sorted_examples
 
 RED = (255, 0, 0)
 GREY = (128, 128, 128)
@@ -89,10 +89,7 @@ def _write_fixture(root: Path, anno_dir: str = 'wider_attribute_annotation') -> 
   _json(root / anno_dir / 'wider_attribute_test.json', test)
 
 
-def _build(root: Path, data_dir: Path, **kwargs) -> wider.WiderAttribute:
-  builder = wider.WiderAttribute(data_dir=str(data_dir), **kwargs)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
-  return builder
+_build = functools.partial(build, wider.WiderAttribute)
 
 
 @pytest.fixture(scope='module')

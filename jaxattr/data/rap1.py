@@ -23,7 +23,6 @@ follows the partition's order; `image_id` is `RAP_dataset/<name>`; images are
 stored as PNG, the format of the release.
 """
 
-import dataclasses
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,10 +36,11 @@ from jaxattr.data.common import DataError
 
 HOMEPAGE = 'http://www.rapdataset.com/'
 SOURCE = f'RAP (Richly Annotated Pedestrian) v1, {HOMEPAGE}'
-NUM_PARTITIONS = 5
+NUM_PARTITIONS = rap2.NUM_PARTITIONS
 NUM_EVALUATED = 51
-ANNOTATION = 'RAP_annotation/RAP_annotation.mat'
-IMAGE_DIR = rap2.IMAGE_DIR  # 'RAP_dataset', as in RAP v2's release.
+# The annotation file and the folder of images, as in RAP v2's release.
+ANNOTATION = rap2.ANNOTATION
+IMAGE_DIR = rap2.IMAGE_DIR
 # An image is held out for validation when the first 8 bytes of SHA-256(name),
 # read as a big-endian integer, are 0 modulo this number.
 HOLDOUT_MODULUS = 6
@@ -150,79 +150,25 @@ def read_rap1_mat(path: Path) -> Rap1Annotation:
   return Rap1Annotation(attributes[:NUM_EVALUATED], names, labels, partitions)
 
 
-@dataclasses.dataclass(eq=False)
-class Rap1Config(tfds.core.BuilderConfig):
-  """Which of the five official partitions.
-
-  Attributes:
-    partition: 0..4.
-  """
-
-  partition: int = 0
-
-
-class Rap1(manual.ManualDirBuilder):
+class Rap1(rap2.RapBuilder):
   """RAP v1, the 51 evaluated attributes, one of five partitions."""
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {
     '1.0.0': 'Partitions 0-4, 51 attributes, 2 -> unknown, validation held out of trainval.'
   }
-  BUILDER_CONFIGS = [
-    Rap1Config(name=f'partition{p}', description=f'Official partition {p}.', partition=p)
-    for p in range(NUM_PARTITIONS)
-  ]
-  DEFAULT_BUILDER_CONFIG_NAME = 'partition0'
   DISPLAY_NAME = 'RAP v1'
   SOURCE = SOURCE
   LAYOUT = _LAYOUT
-  NAMES_FROM_DATA = True
-  HOMEPAGE = HOMEPAGE
   CITATION = (
     '@article{li2016richly, title={A Richly Annotated Dataset for Pedestrian Attribute '
     'Recognition}, author={Li, Dangwei and Zhang, Zhang and Chen, Xiaotang and Ling, '
     'Haibin and Huang, Kaiqi}, journal={arXiv preprint arXiv:1603.07054}, year={2016}}'
   )
-  ENCODING = 'png'
+  READ_MAT = staticmethod(read_rap1_mat)
 
-  def __init__(self, **kwargs: Any):
-    """Creates the builder; see `ManualDirBuilder` for the arguments."""
-    self._annotation: tuple[Path, Rap1Annotation] | None = None
-    super().__init__(**kwargs)
-
-  def _load(self, root: Path) -> Rap1Annotation:
-    """The parsed annotation under `root` (parsed once per builder)."""
-    mat_path = root / ANNOTATION
-    if self._annotation is None or self._annotation[0] != mat_path:
-      missing = []
-      if not root.is_dir() or not any(root.iterdir()):
-        missing.append(f'{root} (the folder does not exist or is empty)')
-      else:
-        if not mat_path.is_file():
-          missing.append(f'{mat_path} (annotation file)')
-        if not (root / IMAGE_DIR).is_dir():
-          missing.append(f'{root / IMAGE_DIR} (folder of images)')
-      if missing:
-        raise self._error(root, missing)
-      self._annotation = (mat_path, read_rap1_mat(mat_path))
-    return self._annotation[1]
-
-  def _read_attribute_names(self, root: Path) -> list[str]:
-    return self._load(root).attribute_names
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
-    root = self._manual_root(dl_manager)
-    annotation = self._load(root)
-    if annotation.attribute_names != self._attribute_names():
-      raise DataError(
-        f'{root / ANNOTATION}: attributes {annotation.attribute_names} differ from the ones '
-        f'this builder was set up with ({self._attribute_names()}).'
-      )
-    partition = self.builder_config.partition
-    if partition >= len(annotation.partitions):
-      raise DataError(
-        f'{root / ANNOTATION}: has {len(annotation.partitions)} partitions, not {partition + 1}.'
-      )
+  def _split_rows(self, root: Path, annotation: Any, partition: int) -> dict[str, np.ndarray]:
+    """The file's trainval and test rows, and train / validation held out of trainval."""
     trainval = annotation.partitions[partition]['trainval']
     train, validation = holdout_validation(trainval, annotation.image_names)
     if not (train.size and validation.size):
@@ -230,21 +176,9 @@ class Rap1(manual.ManualDirBuilder):
         f'{root / ANNOTATION}: partition {partition} has {trainval.size} trainval rows, too '
         'few to hold a validation split out of them.'
       )
-    rows = {
+    return {
       'train': train,
       'validation': validation,
       'trainval': trainval,
       'test': annotation.partitions[partition]['test'],
     }
-    self._require_images(
-      root,
-      [root / IMAGE_DIR / annotation.image_names[r] for split in rows.values() for r in split],
-    )
-    return {
-      split: self._generate_examples(root, split, annotation, split_rows)
-      for split, split_rows in rows.items()
-    }
-
-  # RAP v1 keeps its images as RAP v2 does (`RAP_dataset/<name>`, PNG) and its
-  # annotation has the fields that method reads (`image_names`, `labels`).
-  _generate_examples = rap2.Rap2._generate_examples

@@ -19,6 +19,7 @@ for no gain.
 """
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -121,34 +122,32 @@ class Rap2Config(tfds.core.BuilderConfig):
   partition: int = 0
 
 
-class Rap2(manual.ManualDirBuilder):
-  """RAP v2, the 54 selected attributes, one of five partitions."""
+class RapBuilder(manual.ManualDirBuilder, skip_registration=True):
+  """The builder RAP v1 and v2 share; a subclass states its reader and metadata.
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Partitions 0-4, 54 selected attributes, 2 -> unknown.'}
+  Both releases keep their images as `RAP_dataset/<name>` (stored as PNG), their
+  labels in RAP_annotation/RAP_annotation.mat and five partitions (the builder
+  configs). A subclass sets `READ_MAT` (the annotation file -> an annotation with
+  `attribute_names`, `image_names`, `labels` and `partitions`) and overrides
+  `_split_rows` where its splits are not the partition's own.
+  """
+
   BUILDER_CONFIGS = [
     Rap2Config(name=f'partition{p}', description=f'Official partition {p}.', partition=p)
     for p in range(NUM_PARTITIONS)
   ]
   DEFAULT_BUILDER_CONFIG_NAME = 'partition0'
-  DISPLAY_NAME = 'RAP v2'
-  SOURCE = SOURCE
-  LAYOUT = _LAYOUT
   NAMES_FROM_DATA = True
   HOMEPAGE = HOMEPAGE
-  CITATION = (
-    '@article{li2019richly, title={A Richly Annotated Pedestrian Dataset for Person '
-    'Retrieval in Real Surveillance Scenarios}, author={Li, Dangwei and Zhang, Zhang '
-    'and Chen, Xiaotang and Huang, Kaiqi}, journal={IEEE TIP}, year={2019}}'
-  )
   ENCODING = 'png'
+  READ_MAT: Callable[[Path], Any]
 
   def __init__(self, **kwargs: Any):
     """Creates the builder; see `ManualDirBuilder` for the arguments."""
-    self._annotation: tuple[Path, Rap2Annotation] | None = None
+    self._annotation: tuple[Path, Any] | None = None
     super().__init__(**kwargs)
 
-  def _load(self, root: Path) -> Rap2Annotation:
+  def _load(self, root: Path) -> Any:
     """The parsed annotation under `root` (parsed once per builder)."""
     mat_path = root / ANNOTATION
     if self._annotation is None or self._annotation[0] != mat_path:
@@ -157,11 +156,16 @@ class Rap2(manual.ManualDirBuilder):
       self._require_layout(
         root, files={mat_path: 'annotation file'}, folders={root / IMAGE_DIR: 'folder of images'}
       )
-      self._annotation = (mat_path, read_rap2_mat(mat_path))
+      self._annotation = (mat_path, self.READ_MAT(mat_path))
     return self._annotation[1]
 
   def _read_attribute_names(self, root: Path) -> list[str]:
     return self._load(root).attribute_names
+
+  def _split_rows(self, root: Path, annotation: Any, partition: int) -> dict[str, np.ndarray]:
+    """Split -> 0-based rows of partition `partition`: the ones the file states."""
+    del root  # Only a subclass that checks the rows names the file.
+    return annotation.partitions[partition]
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
     root = self._manual_root(dl_manager)
@@ -172,7 +176,7 @@ class Rap2(manual.ManualDirBuilder):
       raise DataError(
         f'{root / ANNOTATION}: has {len(annotation.partitions)} partitions, not {partition + 1}.'
       )
-    rows = annotation.partitions[partition]
+    rows = self._split_rows(root, annotation, partition)
     self._require_images(
       root,
       [root / IMAGE_DIR / annotation.image_names[r] for split in rows.values() for r in split],
@@ -182,12 +186,26 @@ class Rap2(manual.ManualDirBuilder):
       for split, split_rows in rows.items()
     }
 
-  def _generate_examples(
-    self, root: Path, split: str, annotation: Rap2Annotation, rows: np.ndarray
-  ):
+  def _generate_examples(self, root: Path, split: str, annotation: Any, rows: np.ndarray):
     image_ids = (f'{IMAGE_DIR}/{annotation.image_names[row]}' for row in rows)
     examples = (
       (root / image_id, image_id, annotation.labels[row])
       for image_id, row in zip(image_ids, rows, strict=True)
     )
     return self._stored_examples(split, examples)
+
+
+class Rap2(RapBuilder):
+  """RAP v2, the 54 selected attributes, one of five partitions."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Partitions 0-4, 54 selected attributes, 2 -> unknown.'}
+  DISPLAY_NAME = 'RAP v2'
+  SOURCE = SOURCE
+  LAYOUT = _LAYOUT
+  CITATION = (
+    '@article{li2019richly, title={A Richly Annotated Pedestrian Dataset for Person '
+    'Retrieval in Real Surveillance Scenarios}, author={Li, Dangwei and Zhang, Zhang '
+    'and Chen, Xiaotang and Huang, Kaiqi}, journal={IEEE TIP}, year={2019}}'
+  )
+  READ_MAT = staticmethod(read_rap2_mat)
