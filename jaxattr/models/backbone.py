@@ -1,4 +1,4 @@
-"""What every backbone family shares: its `create_*` function and its Linear layers.
+"""What every backbone family shares: its `create_*` function, its Linear layers, its `pooled`.
 
 A family module (resnet.py, densenet.py, vit.py, swin.py, convnext.py) declares its
 Flax module and one function, `fields(name, width, depth)`, that says which
