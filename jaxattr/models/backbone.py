@@ -1,4 +1,4 @@
-"""What every backbone family shares: its `create_*` function and its Linear layers.
+"""What every backbone family shares: its `create_*` function, its Linear layers, its `pooled`.
 
 A family module (resnet.py, densenet.py, vit.py, swin.py, convnext.py) declares its
 Flax module and one function, `fields(name, width, depth)`, that says which
@@ -12,8 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+Array = jax.Array
 Dtype = Any
 Fields = Callable[[str, float, float], dict[str, Any]]
 
@@ -75,3 +77,12 @@ def linear(
   dtypes = {'dtype': dtype, 'param_dtype': param_dtype}
   inits = {'kernel_init': kernel_init, 'bias_init': bias_init}
   return nn.Dense(features, use_bias=use_bias, name=name, **dtypes, **inits)
+
+
+def float32_avg_pool(k2: Array) -> Array:
+  """The backbone contract's `'pooled'` (`registry.py`): k2 [B, H, W, C] averaged over H, W.
+
+  The mean is taken in float32, or in k2's own dtype if wider, so that a bfloat16
+  backbone still gives the attribute model's primary classifier a float32 input.
+  """
+  return jnp.mean(k2.astype(jnp.promote_types(k2.dtype, jnp.float32)), axis=(1, 2))

@@ -46,7 +46,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxattr.models.backbone import creator, linear
+from jaxattr.models.backbone import creator, float32_avg_pool, linear
 from jaxattr.models.resnet import scale_blocks, scale_channels
 from jaxattr.models.swin import block_drop_rates, stochastic_depth
 
@@ -286,7 +286,7 @@ class ConvNeXt(nn.Module):
     )(x, train)
     pooled, logits = ClassifierNorm(
       self.num_classes, self.dtype, self.param_dtype, name='classifier'
-    )(jnp.mean(k2.astype(jnp.promote_types(k2.dtype, jnp.float32)), axis=(1, 2)))
+    )(float32_avg_pool(k2))
     out = {'k1': k1, 'k2': k2, 'pooled': pooled}
     if logits is not None:
       out['logits'] = logits.astype(jnp.float32)

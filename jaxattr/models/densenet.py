@@ -37,7 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxattr.models.backbone import creator, linear
+from jaxattr.models.backbone import creator, float32_avg_pool, linear
 from jaxattr.models.resnet import (
   batch_norm,
   global_avg_pool,
@@ -189,7 +189,7 @@ class DenseNetFeatures(nn.Module):
         x = Transition(x.shape[-1] // 2, dt, pdt, name=f'transition{i + 1}')(x, train)
     taps['k2'] = k2 = nn.relu(batch_norm(train, dt, pdt, 'norm5')(x))
     # What the ImageNet `classifier` reads, float32 or wider (`registry.py`'s contract).
-    taps['pooled'] = global_avg_pool(k2.astype(jnp.promote_types(k2.dtype, jnp.float32)))
+    taps['pooled'] = float32_avg_pool(k2)
     return taps
 
 

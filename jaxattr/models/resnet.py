@@ -38,7 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxattr.models.backbone import creator, linear
+from jaxattr.models.backbone import creator, float32_avg_pool, linear
 
 Array = jax.Array
 Dtype = Any
@@ -339,7 +339,7 @@ class ResNet(nn.Module):
     taps['k2'] = x
     # What the ImageNet `fc` reads, in float32 (or wider) for the attribute model's
     # primary classifier (the backbone contract of `registry.py`).
-    taps['pooled'] = global_avg_pool(x.astype(jnp.promote_types(x.dtype, jnp.float32)))
+    taps['pooled'] = float32_avg_pool(x)
     if self.num_classes is not None:
       kernel_init, bias_init = torch_linear_init(x.shape[-1])
       fc = linear(self.num_classes, self.dtype, self.param_dtype, 'fc', kernel_init, bias_init)

@@ -58,7 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxattr.models.backbone import creator, linear
+from jaxattr.models.backbone import creator, float32_avg_pool, linear
 from jaxattr.models.resnet import scale_blocks, torch_linear_init
 
 Array = jax.Array
@@ -452,8 +452,7 @@ class Swin(nn.Module):
     )(x, train)
     k2 = _layer_norm(self.dtype, self.param_dtype, 'norm')(x)
     # The pooled vector in at least float32, as the registry's contract asks.
-    pooled = jnp.mean(k2.astype(jnp.promote_types(k2.dtype, jnp.float32)), axis=(1, 2))
-    out = {'k1': k1, 'k2': k2, 'pooled': pooled}
+    out = {'k1': k1, 'k2': k2, 'pooled': float32_avg_pool(k2)}
     if self.num_classes is not None:
       logits = _dense(self.num_classes, self.dtype, self.param_dtype, 'head')(out['pooled'])
       out['logits'] = logits.astype(jnp.float32)
