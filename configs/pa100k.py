@@ -6,13 +6,10 @@
 
 from jaxattr import schema
 
-# PETA's recipe, the base of this one (configs/peta.py, loaded by its path).
+# PETA's recipe, the base of this one (configs/peta.py, loaded by its path): its
+# `on_another_dataset` holds what changes for a dataset beyond the paper.
 peta = schema.load_recipe('peta')
 
 
 def get_config(arg: str | None = None):
-  config = peta.get_config()
-  config.data.name = 'pa100k'
-  config.data.builder_config = ''
-  config.train.num_epochs = 30
-  return schema.apply_args(config, arg)
+  return schema.apply_args(peta.on_another_dataset('pa100k'), arg)

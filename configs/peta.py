@@ -53,3 +53,21 @@ def get_config(arg: str | None = None):
     tokens.remove('vespa')
     config.data.builder_config = 'vespa'  # The paper's split (VeSPA lists).
   return schema.apply_args(config, ','.join(tokens))
+
+
+def on_another_dataset(name: str):
+  """PETA's recipe on a dataset beyond the paper (configs/pa100k.py, rap2.py, custom.py).
+
+  The dataset's own split (no builder config) and 30 epochs instead of 60.
+
+  Args:
+    name: the dataset (`config.data.name`).
+
+  Returns:
+    The config, before the recipe's arguments.
+  """
+  config = get_config()
+  config.data.name = name
+  config.data.builder_config = ''
+  config.train.num_epochs = 30
+  return config

@@ -147,15 +147,13 @@ class Predictor:
     model = model_lib.create_model(config.model, len(names))
     device = jax.devices()[0]
     variables = restore.restore_variables(workdir, ref, jax.sharding.SingleDeviceSharding(device))
-    thresholds = files.load_thresholds(workdir, names, ref) if tuned_thresholds else None
-    return cls(
-      make_infer_fn(model, config.data),
+    return cls.from_variables(
+      model,
       variables,
-      names=names,
-      image_size=config.data.image_size,
-      levels=config.model.attention.levels,
-      thresholds=config.eval.threshold if thresholds is None else thresholds,
-      batch_size=batch_size,
+      config,
+      names,
+      batch_size,
+      thresholds=files.load_thresholds(workdir, names, ref) if tuned_thresholds else None,
       device=device,
       description=f'{workdir} ({ref.which} checkpoint, step {ref.step})',
     )
@@ -168,6 +166,10 @@ class Predictor:
     config: ml_collections.ConfigDict,
     names: Sequence[str],
     batch_size: int = 32,
+    *,
+    thresholds: np.ndarray | None = None,
+    device: jax.Device | None = None,
+    description: str = 'in-memory model',
   ) -> 'Predictor':
     """A predictor for a model already in memory (e.g. the best state at the end of a run).
 
@@ -177,6 +179,9 @@ class Predictor:
       config: the run config (`data` for the input, `eval.threshold`).
       names: attribute names.
       batch_size: fixed batch size.
+      thresholds: [C] decision thresholds; default `config.eval.threshold`.
+      device: the device to run on; default the first.
+      description: where the model comes from.
 
     Returns:
       The predictor.
@@ -187,9 +192,10 @@ class Predictor:
       names=names,
       image_size=config.data.image_size,
       levels=config.model.attention.levels,
-      thresholds=config.eval.threshold,
+      thresholds=config.eval.threshold if thresholds is None else thresholds,
       batch_size=batch_size,
-      description='in-memory model',
+      device=device,
+      description=description,
     )
 
   def _dispatch(self, images: list[np.ndarray]):

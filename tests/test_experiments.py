@@ -211,26 +211,31 @@ def test_no_import_path_edits(name):
     assert f'python -m experiments.{name}' in text and 'PYTHONPATH=.' not in text
 
 
-@pytest.mark.slow
-def test_launcher_runs_as_a_module(tmp_path):
-  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+def _run_module(module: str, *args: str, timeout: int, env=None) -> subprocess.CompletedProcess:
+  """Runs `python -m module args` from the repository root and asserts that it exits 0."""
   result = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'experiments.launch',
-      f'--sweep={EXPERIMENTS / "peta_table4.py"}:synthetic',
-      f'--workdir={tmp_path}',
-      '--dry_run',
-    ],
+    [sys.executable, '-m', module, *args],
     cwd=ROOT,
     env=env,
     capture_output=True,
     text=True,
-    timeout=300,
-    check=False,
+    timeout=timeout,
   )
   assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+@pytest.mark.slow
+def test_launcher_runs_as_a_module(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  result = _run_module(
+    'experiments.launch',
+    f'--sweep={EXPERIMENTS / "peta_table4.py"}:synthetic',
+    f'--workdir={tmp_path}',
+    '--dry_run',
+    env=env,
+    timeout=300,
+  )
   assert 'Sweep peta_table4_synthetic: 21 runs, 0 finished, 21 to run' in result.stderr
   assert not any(tmp_path.iterdir())  # A dry run writes nothing.
 
@@ -492,27 +497,18 @@ def test_bench_time_in_blocks_runs_consecutive_blocks_after_an_untimed_step():
 
 @pytest.mark.slow
 def test_bench_train_prints_every_figure():
-  result = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'experiments.bench_train',
-      '--backbone=resnet18',
-      '--width=0.0625',
-      '--image_size=64',
-      '--batch=4',
-      '--steps=2',
-      '--block=1',
-      '--compare_torch',
-      '--pieces',
-    ],
-    capture_output=True,
-    cwd=ROOT,
-    text=True,
+  result = _run_module(
+    'experiments.bench_train',
+    '--backbone=resnet18',
+    '--width=0.0625',
+    '--image_size=64',
+    '--batch=4',
+    '--steps=2',
+    '--block=1',
+    '--compare_torch',
+    '--pieces',
     timeout=600,
-    check=False,
   )
-  assert result.returncode == 0, result.stderr[-3000:]
   out = result.stdout
   for variant in ('full', 'primary'):
     line = next(x for x in out.splitlines() if x.startswith(f'JAX {variant}:'))

@@ -196,20 +196,16 @@ def _torch_out(n: int, kernel: int, stride: int, pad: int) -> int:
   return (n + 2 * pad - kernel) // stride + 1
 
 
-def _torch_resnet_taps(n: int) -> tuple[int, int]:
-  n = _torch_out(n, 7, 2, 3)  # conv1
-  n = _torch_out(n, 3, 2, 1)  # maxpool
-  n = _torch_out(n, 3, 2, 1)  # layer2
-  k1 = _torch_out(n, 3, 2, 1)  # layer3
-  return k1, _torch_out(k1, 3, 2, 1)
-
-
-def _torch_densenet_taps(n: int) -> tuple[int, int]:
-  n = _torch_out(n, 7, 2, 3)  # conv0
-  n = _torch_out(n, 3, 2, 1)  # pool0
-  n = _torch_out(n, 2, 2, 0)  # transition1
-  k1 = _torch_out(n, 2, 2, 0)  # transition2
-  return k1, _torch_out(k1, 2, 2, 0)
+def _torch_taps(name: str, n: int) -> tuple[int, int]:
+  """The k1, k2 sizes of torchvision's ResNet / DenseNet `name` along a side of n pixels."""
+  # Where each later stage halves the map: ResNet's layer2-4 in their first 3x3 conv,
+  # DenseNet's transition1-3 in their 2x2 average pool.
+  stage = (3, 2, 1) if name.startswith('resnet') else (2, 2, 0)
+  n = _torch_out(n, 7, 2, 3)  # conv1 / conv0
+  n = _torch_out(n, 3, 2, 1)  # maxpool / pool0
+  n = _torch_out(n, *stage)  # layer2 / transition1
+  k1 = _torch_out(n, *stage)  # layer3 / transition2
+  return k1, _torch_out(k1, *stage)  # layer4 / transition3
 
 
 @pytest.mark.parametrize(
@@ -240,8 +236,7 @@ QUARTER_WIDTH_CHANNELS = {'resnet50': (256, 512), 'densenet121': (256, 256)}
 @pytest.mark.parametrize('name', ['resnet50', 'densenet121'])
 @pytest.mark.parametrize('size', [(225, 225), (97, 130), (64, 32)])
 def test_tap_sizes_follow_torch_output_formula(name, size):
-  taps = _torch_resnet_taps if name.startswith('resnet') else _torch_densenet_taps
-  (h1, h2), (w1, w2) = taps(size[0]), taps(size[1])
+  (h1, h2), (w1, w2) = _torch_taps(name, size[0]), _torch_taps(name, size[1])
   backbone = model_lib.create_backbone(name, width=0.25)
   out = jax.eval_shape(
     lambda: backbone.init_with_output(_key(0), _images(*size, 1), train=False)[0]
@@ -879,8 +874,7 @@ def test_feature_aggregation_at_other_sizes(backbone, aggregation, size):
   out, variables = jax.eval_shape(
     lambda: model.init_with_output(_key(0), _images(*size, 1), train=False)
   )
-  taps = _torch_resnet_taps if backbone == 'resnet18' else _torch_densenet_taps
-  (h3, h4), (w3, w4) = taps(size[0]), taps(size[1])
+  (h3, h4), (w3, w4) = _torch_taps(backbone, size[0]), _torch_taps(backbone, size[1])
   assert [a.shape[1:3] for a in out['masks']] == [(h3, w3), (h4, w4)]
   assert out['logits'].shape == (1, NUM_CLASSES)
   grid = (h3, w3) if aggregation == 'feature_upsample' else (h4, w4)

@@ -33,18 +33,17 @@ from flax import linen as nn
 
 from jaxattr.convert import torch_to_flax
 from jaxattr.models import convnext, swin
+from tests import test_models
 from tests import torch_swin_convnext as reference
 
 torch.set_num_threads(2)
 
-# torchvision's published `num_params` of the IMAGENET1K_V1 weights (model docs).
+# torchvision's published `num_params` of the IMAGENET1K_V1 weights (model docs), the
+# table of tests/test_models.py restricted to Swin and ConvNeXt.
 TORCHVISION_PARAMS = {
-  'swin_t': 28_288_354,
-  'swin_s': 49_606_258,
-  'swin_b': 87_768_224,
-  'convnext_tiny': 28_589_128,
-  'convnext_small': 50_223_688,
-  'convnext_base': 88_591_464,
+  arch: count
+  for arch, count in test_models.TORCHVISION_PARAMS.items()
+  if arch.startswith(('swin', 'convnext'))
 }
 # Blocks per stage of the reduced-depth parity runs (full width): shifted and unshifted
 # Swin blocks in stages 3 and 4 (the full-size run covers stages 1 and 2), a CNBlock

@@ -74,6 +74,21 @@ def _conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
   return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
 
 
+def _downsample(cin: int, out: int, stride: int) -> nn.Sequential | None:
+  """A block's projection shortcut (1x1 conv + BN) where the block changes shape, else None."""
+  if stride == 1 and cin == out:
+    return None
+  return nn.Sequential(_conv1x1(cin, out, stride), nn.BatchNorm2d(out))
+
+
+def _cnn_outputs(k1: Tensor, k2: Tensor, head: nn.Module | None) -> dict[str, Tensor]:
+  """A CNN backbone's outputs: its taps, the global average of `k2` and, with a head, logits."""
+  out = {'k1': k1, 'k2': k2, 'pooled': torch.flatten(F.adaptive_avg_pool2d(k2, 1), 1)}
+  if head is not None:
+    out['logits'] = head(out['pooled'])
+  return out
+
+
 class BasicBlock(nn.Module):
   """torchvision's BasicBlock: conv1/bn1/conv2/bn2 and an optional `downsample`."""
 
@@ -86,9 +101,7 @@ class BasicBlock(nn.Module):
     self.relu = nn.ReLU(inplace=True)
     self.conv2 = _conv3x3(planes, out)
     self.bn2 = nn.BatchNorm2d(out)
-    self.downsample = None
-    if stride != 1 or cin != out:
-      self.downsample = nn.Sequential(_conv1x1(cin, out, stride), nn.BatchNorm2d(out))
+    self.downsample = _downsample(cin, out, stride)
 
   def forward(self, x: Tensor) -> Tensor:
     identity = x if self.downsample is None else self.downsample(x)
@@ -111,9 +124,7 @@ class Bottleneck(nn.Module):
     self.conv3 = _conv1x1(planes, out)
     self.bn3 = nn.BatchNorm2d(out)
     self.relu = nn.ReLU(inplace=True)
-    self.downsample = None
-    if stride != 1 or cin != out:
-      self.downsample = nn.Sequential(_conv1x1(cin, out, stride), nn.BatchNorm2d(out))
+    self.downsample = _downsample(cin, out, stride)
 
   def forward(self, x: Tensor) -> Tensor:
     identity = x if self.downsample is None else self.downsample(x)
@@ -180,10 +191,7 @@ class ResNetTorch(nn.Module):
     x = self.layer2(self.layer1(x))
     k1 = self.layer3(x)
     k2 = self.layer4(k1)
-    out = {'k1': k1, 'k2': k2, 'pooled': torch.flatten(F.adaptive_avg_pool2d(k2, 1), 1)}
-    if self.fc is not None:
-      out['logits'] = self.fc(out['pooled'])
-    return out
+    return _cnn_outputs(k1, k2, self.fc)
 
 
 # --- DenseNet ---------------------------------------------------------------------
@@ -302,10 +310,7 @@ class DenseNetTorch(nn.Module):
       if name == f'denseblock{self.num_blocks - 1}':
         k1 = x
     k2 = F.relu(x)
-    out = {'k1': k1, 'k2': k2, 'pooled': torch.flatten(F.adaptive_avg_pool2d(k2, 1), 1)}
-    if self.classifier is not None:
-      out['logits'] = self.classifier(out['pooled'])
-    return out
+    return _cnn_outputs(k1, k2, self.classifier)
 
 
 # --- Vision Transformer ----------------------------------------------------------------
