@@ -265,17 +265,8 @@ class ConvNeXt(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> dict[str, Array]:
-    """Runs the backbone.
-
-    Args:
-      x: images [B, H, W, 3], already normalised.
-      train: stochastic depth is active if True (and its rate positive).
-
-    Returns:
-      `{'k1': [B, H/16, W/16, C3], 'k2': [B, H/32, W/32, C4], 'pooled': [B, C4]}`
-      (`pooled` at least float32, the others in `dtype`), plus `'logits'`
-      [B, num_classes] (float32) when `num_classes` is set.
-    """
+    """The backbone contract (`registry.py`): k1 and k2 at H/16 and H/32 in `dtype`, `pooled`
+    at least float32; `train` turns on stochastic depth (when its rate is positive)."""
     k1, k2 = ConvNeXtFeatures(
       tuple(self.channels),
       tuple(self.depths),

@@ -262,17 +262,8 @@ class DenseNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> dict[str, Array]:
-    """Runs the backbone.
-
-    Args:
-      x: images [B, H, W, 3], already normalised.
-      train: BatchNorm uses (and updates) batch statistics if True.
-
-    Returns:
-      `{'k1': [B, H/16, W/16, C1], 'k2': [B, H/32, W/32, C2]}` (sizes as torchvision
-      computes them), `'pooled'` [B, C2] (the float32 average of k2), plus
-      `'logits'` [B, num_classes] (float32) with `num_classes`.
-    """
+    """The backbone contract (`registry.py`): k1 and k2 at H/16 and H/32 as torchvision
+    sizes them, `pooled` in float32; with `train` BatchNorm uses batch statistics."""
     taps = DenseNetFeatures(
       growth_rate=scale_channels(self.growth_rate, self.width),
       block_config=tuple(self.block_config),

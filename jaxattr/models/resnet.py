@@ -306,17 +306,8 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> dict[str, Array]:
-    """Runs the backbone.
-
-    Args:
-      x: images [B, H, W, 3], already normalised.
-      train: BatchNorm uses (and updates) batch statistics if True.
-
-    Returns:
-      `{'k1': [B, H/16, W/16, C1], 'k2': [B, H/32, W/32, C2]}` (sizes rounded up),
-      `'pooled'` [B, C2] (the float32 average of k2), plus `'logits'`
-      [B, num_classes] (float32) when `num_classes` is set.
-    """
+    """The backbone contract (`registry.py`): k1 and k2 at H/16 and H/32 (rounded up),
+    `pooled` in float32; with `train` BatchNorm uses (and updates) batch statistics."""
     layers = _Layers(self.dtype, self.param_dtype, resnet_conv_init)
     expansion = 4 if self.block is Bottleneck else 1
     x = layers.conv(scale_channels(64, self.width), 7, 2, name='conv1')(x)

@@ -430,17 +430,8 @@ class Swin(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> dict[str, Array]:
-    """Runs the backbone.
-
-    Args:
-      x: images [B, H, W, 3], already normalised.
-      train: stochastic depth is active if True (and its rate positive).
-
-    Returns:
-      `{'k1': [B, H/16, W/16, 4C], 'k2': [B, H/32, W/32, 8C], 'pooled': [B, 8C]}`
-      (sizes rounded up; `pooled` at least float32, the others in `dtype`), plus
-      `'logits'` [B, num_classes] (float32) when `num_classes` is set.
-    """
+    """The backbone contract (`registry.py`): k1 and k2 at H/16 and H/32 (rounded up) in
+    `dtype`, `pooled` at least float32; `train` turns on stochastic depth (rate > 0)."""
     k1, x = SwinFeatures(
       self.embed_dim,
       tuple(self.depths),
