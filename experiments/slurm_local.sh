@@ -287,7 +287,9 @@ def leaves(tree, prefix=''):
 
 
 def difference(a, b):
-  if a is None or b is None or isinstance(a, str):
+  if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):  # e.g. a grid's (h, w)
+    return max((difference(x, y) for x, y in zip(a, b)), default=0.0)
+  if a is None or b is None or isinstance(a, str | list):
     return 0.0 if a == b else math.inf
   return abs(a - b)
 
