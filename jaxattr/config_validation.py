@@ -78,6 +78,11 @@ def check_dir(name: str, value: str, must_exist: bool = True) -> str | None:
   return None
 
 
+def run_folder(name: str, value: str | None) -> str | None:
+  """A required flag naming an existing run folder (the tools' --workdir)."""
+  return check_dir(name, value) if value else f'{name}: required'
+
+
 def divisible_batch(name: str, value: Any, num_devices: int | None) -> str | None:
   """One problem line unless `value` is a positive multiple of `num_devices`."""
   devices = num_devices or 1

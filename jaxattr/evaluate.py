@@ -48,10 +48,7 @@ def evaluate_flags(flags_: Any) -> list[str]:
 
   from jaxattr import config_validation as cv
 
-  if not flags_.workdir:
-    problems = ['--workdir: required']
-  else:
-    problems = [cv.check_dir('--workdir', flags_.workdir)]
+  problems = [cv.run_folder('--workdir', flags_.workdir)]
   if not flags_.split:
     problems.append('--split: must not be empty')
   if flags_.batch_size is not None:

@@ -283,11 +283,7 @@ def export_flags(flags: Any) -> list[str]:
   """Problems of the flags (--workdir, --output, --batch_size, --platforms), one line each."""
   from jaxattr import config_validation
 
-  problems = []
-  if not flags.workdir:
-    problems.append('--workdir: required')
-  else:
-    problems.append(config_validation.check_dir('--workdir', flags.workdir))
+  problems = [config_validation.run_folder('--workdir', flags.workdir)]
   if not flags.output:
     problems.append('--output: required')
   else:
