@@ -79,12 +79,15 @@ def plot(workdir: str | Path, out: str | Path, split: str = 'test', dpi: int = 1
   for (name, _, _), x, y in zip(rows, ratios, aps, strict=True):
     ax.annotate(name, (x, y), xytext=(3, 3), textcoords='offset points', fontsize=7)
   ax.set_xscale('log')
+  ticks = [t for t in (1, 2, 5, 10, 20, 50, 100) if ratios.min() / 1.5 <= t <= ratios.max() * 1.5]
+  ax.set_xticks(ticks, [str(t) for t in ticks])
+  ax.minorticks_off()
   ax.set_xlabel('positive ratio in the train split (%, log scale)')
   ax.set_ylabel(f'{split} AP (VOC, %)')
   ax.set_ylim(0, 105)
   mean = float(np.mean(aps)) if len(aps) else float('nan')
   ax.axhline(mean, color='grey', lw=0.8, ls='--')
-  ax.set_title(f'{Path(workdir).name}: {split} mAP {mean:.1f}', fontsize=9)
+  ax.set_title(f'{split} AP per attribute (dashed: their mean, {mean:.1f})', fontsize=9)
   fig.tight_layout()
   out = Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
