@@ -18,7 +18,6 @@ from matplotlib.figure import Figure
 
 from jaxattr import config_validation
 from jaxattr.run import files, layout
-from jaxattr.visualize import _to_png
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A finished run folder (with results.json).')
 _OUT = flags.DEFINE_string('out', '', 'The PNG to write ("" = <workdir>/ap_vs_ratio.png).')
@@ -91,7 +90,7 @@ def plot(workdir: str | Path, out: str | Path, split: str = 'test', dpi: int = 1
   fig.tight_layout()
   out = Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_bytes(_to_png(fig, dpi))
+  fig.savefig(out, format='png', dpi=dpi, facecolor='white')
   return out
 
 

@@ -22,6 +22,7 @@ import ml_collections
 from jaxattr import schema
 
 COMMAND = 'python -m jaxattr.config_reference > docs/config.md'
+HEADER = '| field | default | resumed run | notes |'
 
 
 def field_comments(source: str) -> dict[str, str]:
@@ -98,7 +99,7 @@ def reference() -> str:
   for name in schema.FIELDS:
     groups.setdefault(name.split('.')[0] if '.' in name else 'top level', []).append(name)
   for group, names in groups.items():
-    lines += ['', f'## {group}', '', '| field | default | resumed run | notes |', '|---|---|---|---|']
+    lines += ['', f'## {group}', '', HEADER, '|---|---|---|---|']
     for name in names:
       spec = schema.FIELDS[name]
       cells = [f'`{name}`', _default(spec.default), _resume(spec.fixed), notes.get(name, '')]

@@ -4,9 +4,9 @@ A result file is a markdown file under experiments/results/ that names the comma
 that made it, the commit it ran at and the machine it ran on (the paper's own numbers
 are in experiments/results/paper.md, which names the paper's table for each). A figure
 is a number with a decimal point, a percentage or a duration (`4 min 15 s`); version
-numbers (`3.11`, `0.10.2`, `1.1.0`), HTML attributes and the backbone table's parameter counts (checked
-against the registry by tests/test_docs.py) are not figures. Each figure must appear,
-digit for digit, in at least one result file.
+numbers (`3.11`, `0.10.2`, `1.1.0`), HTML attributes and the backbone table's parameter
+counts (checked against the registry by tests/test_docs.py) are not figures. Each figure
+must appear, digit for digit, in at least one result file.
 """
 
 import re
