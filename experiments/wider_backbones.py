@@ -1,4 +1,4 @@
-"""Table 2 (left) of the paper: the primary network alone with five backbones, WIDER-Attribute.
+"""Table 2 (left) of the paper: the primary network alone, 12 backbones, WIDER-Attribute.
 
   python -m experiments.launch --sweep=experiments/wider_backbones.py --workdir=runs/backbones \
       --config.data.manual_dir=/path/to/wider_attribute \
