@@ -168,7 +168,16 @@ def _autotune(at_least: int, what: str) -> Check:
 
 
 def _pretrained(name, value, config, _):
-  if value in (PUBLISHED, SCRATCH):
+  if value == PUBLISHED:
+    sizes = {f: _get(config, f'model.{f}') for f in ('width', 'depth')}
+    if all(v == 1.0 for v in sizes.values() if is_number(v)):
+      return None
+    got = ', '.join(f'model.{f}={v!r}' for f, v in sizes.items())
+    return (
+      f"{name}: '{PUBLISHED}' weights exist at model.width=1.0 and model.depth=1.0 only, "
+      f"got {got}; use '{SCRATCH}' for a smaller model"
+    )
+  if value == SCRATCH:
     return None
   if not value:
     dataset = _get(config, 'data.name')

@@ -104,8 +104,21 @@ def test_each_bad_value_gives_one_line_naming_its_field(field, value, words):
 
 def test_named_weights_are_valid():
   for value in (schema.PUBLISHED, schema.SCRATCH):
-    config = _config(**{'model.pretrained': value, 'train.freeze_backbone_epochs': 0})
+    config = _config(**{'model.pretrained': value, 'model.width': 1.0})
+    config.train.freeze_backbone_epochs = 0
     assert schema.validate(config, num_devices=1) == []
+
+
+def test_published_weights_need_the_full_size_model():
+  config = _config(**{'model.pretrained': schema.PUBLISHED, 'train.freeze_backbone_epochs': 0})
+  (line,) = schema.validate(config, num_devices=1)  # configs/test.py: width 1/16.
+  assert line == (
+    "config.model.pretrained: 'published' weights exist at model.width=1.0 and "
+    "model.depth=1.0 only, got model.width=0.0625, model.depth=1.0; use 'scratch' for a "
+    'smaller model'
+  )
+  config.model.width = 1.0
+  assert schema.validate(config, num_devices=1) == []
 
 
 def test_random_weights_on_real_data_must_be_asked_for():
