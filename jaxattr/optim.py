@@ -15,7 +15,6 @@ layer-wise lr decay (`optimizer.layer_decay`, `layer_scales`).
 """
 
 import re
-
 from collections.abc import Callable
 
 import jax

@@ -178,10 +178,17 @@ TRAPS = [
   ('test', ['--config.model.dtype=float16'], "config.model.dtype: 'float16' needs loss scaling"),
   (
     'test',
-    ['--config.model.backbone=vit_b_16', '--config.model.attention.aggregation=feature_strided_conv'],
+    [
+      '--config.model.backbone=vit_b_16',
+      '--config.model.attention.aggregation=feature_strided_conv',
+    ],
     "config.model.attention.aggregation: vit_b_16's two taps share one grid",
   ),
-  ('wider', ['--config.model.backbone=swin_t'], "config.recipe: 'paper' is not the recipe of swin_t"),
+  (
+    'wider',
+    ['--config.model.backbone=swin_t'],
+    "config.recipe: 'paper' is not the recipe of swin_t",
+  ),
 ]
 
 
