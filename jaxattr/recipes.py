@@ -10,17 +10,19 @@ after the dataset's own changes. The recipe's name lands in `config.recipe`, and
 `apply`), unless `config.recipe` is `OWN`.
 
 `TRANSFORMER`: ViT, Swin and ConvNeXt, all numbers from one source, Swin's COCO
-fine-tuning of its ImageNet weights (Liu et al. 2021, Sec. 4.2: "AdamW (initial
-learning rate of 0.0001, weight decay of 0.05, and batch size of 16), and 3x schedule
-(36 epochs)"; mmdetection's configs/swin/mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py
-spells it out), which ConvNeXt's COCO runs follow (Liu et al. 2022, Sec. 4):
+fine-tuning of its ImageNet weights with new heads (Liu et al. 2021, Sec. 4.2: AdamW at
+lr 1e-4, weight decay 0.05, batch 16, the 3x schedule of 36 epochs; mmdetection's
+configs/swin/mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py spells out the warm-up, the
+steps and the decay exclusions), which ConvNeXt's COCO runs follow (Liu et al. 2022):
   AdamW, lr 1e-4, weight decay 0.05, batch 16   one lr for backbone and new heads
   no decay of norms, position embeddings,       `optim.decay_mask` (the source names
     relative-position tables                    norms and both embeddings; jaxattr
-                                                also spares biases and layer scales,
-                                                as Swin's and timm's classifiers do)
+                                                also spares biases, layer scales and
+                                                ViT's class token, as Swin's and
+                                                timm's classifiers do)
   36 epochs, lr x 0.1 at epochs 27 and 33       the 3x schedule
-  linear warm-up                                1,000 iterations there; 1 epoch here
+  linear warm-up                                1,000 iterations from lr / 1000 there;
+                                                1 epoch from 0 here
   the backbone trains from the first step       (no frozen stage: the warm-up reaches
                                                 the backbone from lr 0)
   no gradient clipping, no layer-wise decay     as the source

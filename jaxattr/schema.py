@@ -246,7 +246,7 @@ def _compute_dtype(name, value, *_):
     return None
   return (
     f"{name}: 'float16' needs loss scaling, which jaxattr has not; use 'bfloat16' "
-    "(the same speed, float32's range)"
+    "(float32's range, no scaling needed)"
   )
 
 
