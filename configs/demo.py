@@ -18,7 +18,7 @@ synthetic figures fill their crops). The loss sums over attributes (the paper's
 Eqs. 3-4): the demo's lr was tuned with the sum, and its README figures use it.
 """
 
-from jaxattr import schema
+from jaxattr import recipes, schema
 
 # `configs/demo.py:FAMILY`: the same demo with a modern backbone at CPU scale, from
 # scratch. ViT-B/16 at 1/16 width (D = 48, 12 blocks) on 112x112 (a 7x7 grid, both
@@ -43,6 +43,9 @@ def get_config(arg: str | None = None):
   config.model.backbone = 'resnet18'
   config.model.width = 0.125
   config.model.attention.levels = (3, 4)
+  config.model.pretrained = schema.SCRATCH
+  # From scratch, its own numbers for any backbone (not the recipes of jaxattr.recipes).
+  config.recipe = recipes.OWN
 
   config.loss.attribute_reduction = 'sum'  # What the demo's Adam lr was chosen with.
   config.history.start_epoch = 2
@@ -57,7 +60,9 @@ def get_config(arg: str | None = None):
 
   config.train.batch_size = 32
   config.train.num_epochs = 10
+  # A frozen random backbone: only to exercise both stages as the paper's runs do.
   config.train.freeze_backbone_epochs = 1
+  config.train.allow_frozen_scratch = True
   config.train.log_every_steps = 50
   config.train.checkpoint_every_steps = 500
   config.eval.batch_size = 128

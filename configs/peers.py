@@ -14,9 +14,9 @@ holds the file the peers' `format_*.py` wrote (`dataset_all.pkl`, or
 and the builder configs (`part<p>`, `zs<k>`, `_allattr`, `_unknown`).
 
 The recipe is PETA's ImageNet-pretrained one (`configs/peta.py`: Adam, lr 1e-4,
-crops in [160, 224]) with 30 epochs, as jaxattr's PA-100K and RAP v2 recipes; the
-weights come with `--config.model.pretrained=torchvision:resnet101`
-(docs/pretrained.md).
+crops in [160, 224]) with 30 epochs, as jaxattr's PA-100K and RAP v2 recipes, from
+the backbone's published ImageNet weights (`model.pretrained='published'`;
+docs/pretrained.md).
 Selection is on `validation` as everywhere in jaxattr (docs/protocol.md says how
 the peers differ). The peers feed 256x192 (height x width) crops; jaxattr's input
 pipeline resizes every crop to a square `data.image_size`², and non-square input

@@ -28,6 +28,7 @@ def get_config(arg: str | None = None):
   config.data.crop_min, config.data.crop_max = 160, 224
 
   config.model.backbone = 'resnet101'
+  config.model.pretrained = schema.PUBLISHED  # The paper fine-tunes ImageNet weights.
   config.model.attention.levels = (3, 4)
   config.loss.gamma = 0.5
   # The authors' code averages the loss over the attributes (35 here), and the

@@ -16,15 +16,15 @@ them).
 
 The paper's five backbones are followed by the modern ones of the backbone registry
 (ViT-B/16, Swin-T/S/B, ConvNeXt-T/S/B), which the paper predates: rows without a
-paper number, trained with `configs/wider.py`'s `TRANSFORMER_RECIPE` (AdamW,
-backbone / head learning rates, warm-up + cosine, 30 epochs) as
-`configs/wider.py:vit_b_16` does; the synthetic variant applies that recipe too.
+paper number, trained with their family's recipe (`jaxattr/recipes.py`: AdamW,
+warm-up, the 3x step schedule) as `configs/wider.py:vit_b_16` does; the synthetic
+variant applies that recipe too.
 """
 
 import ml_collections
 
 from experiments.sweeps import synthetic_base
-from jaxattr import schema
+from jaxattr import recipes, schema
 from jaxattr.models import registry
 
 wider = schema.load_recipe('wider')
@@ -42,9 +42,9 @@ PAPER_ROWS = tuple(
   )
 )
 MODERN_ROWS = tuple(
-  (name, {'model.backbone': name, **PRIMARY_ONLY, **wider.TRANSFORMER_RECIPE}, None)
+  (name, {'model.backbone': name, **PRIMARY_ONLY, **recipes.FAMILIES[entry.family]}, None)
   for name, entry in registry.BACKBONES.items()
-  if entry.family in wider.TRANSFORMER_FAMILIES
+  if entry.family in recipes.FAMILIES
 )
 ROWS = PAPER_ROWS + MODERN_ROWS
 SEEDS = (0, 1, 2)

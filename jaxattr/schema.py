@@ -53,6 +53,11 @@ AP_DEFINITIONS = ('voc', 'sklearn')
 # The config argument that reports the peers' protocol beside jaxattr's (`apply_args`).
 PEERS_PROTOCOL = 'peers_protocol'
 MISSING = '(absent)'  # The value of a field that one of two compared configs lacks.
+# The named values of `model.pretrained`: the backbone's published ImageNet weights
+# (`jaxattr.pretrained` resolves them), or random weights on purpose.
+PUBLISHED, SCRATCH = 'published', 'scratch'
+# Datasets made up by jaxattr, whose recipes train from scratch; every other is real data.
+SYNTHETIC_DATASETS = ('synthetic_attributes',)
 # The recipes (`configs/<name>.py`) of the repository this package is part of.
 RECIPES = Path(__file__).resolve().parents[1] / 'configs'
 
@@ -163,8 +168,26 @@ def _autotune(at_least: int, what: str) -> Check:
 
 
 def _pretrained(name, value, config, _):
-  if not value:
+  if value == PUBLISHED:
+    sizes = {f: _get(config, f'model.{f}') for f in ('width', 'depth')}
+    if all(v == 1.0 for v in sizes.values() if is_number(v)):
+      return None
+    got = ', '.join(f'model.{f}={v!r}' for f, v in sizes.items())
+    return (
+      f"{name}: '{PUBLISHED}' weights exist at model.width=1.0 and model.depth=1.0 only, "
+      f"got {got}; use '{SCRATCH}' for a smaller model"
+    )
+  if value == SCRATCH:
     return None
+  if not value:
+    dataset = _get(config, 'data.name')
+    if dataset in SYNTHETIC_DATASETS:
+      return None
+    return (
+      f"{name}: '' on real data ({dataset}) starts the backbone from random weights "
+      f"unasked; use '{PUBLISHED}' (its ImageNet weights; offline: docs/pretrained.md), "
+      f"a converted folder, or '{SCRATCH}' to train from random weights on purpose"
+    )
   prefix = 'torchvision:'
   if not value.startswith(prefix):
     if Path(value).expanduser().exists():
@@ -209,6 +232,67 @@ def _dtypes() -> tuple[str, ...]:
   return (*DTYPES, 'float64') if jax.config.jax_enable_x64 else DTYPES
 
 
+def _param_dtype(name, value, *_):
+  if value in ('float32', 'float64'):
+    return None
+  return (
+    f"{name}: must be 'float32' (Adam's updates vanish when rounded to {value} parameters; "
+    f"model.dtype='bfloat16' is the mixed-precision setting), got {value!r}"
+  )
+
+
+def _compute_dtype(name, value, *_):
+  if value != 'float16':
+    return None
+  return (
+    f"{name}: 'float16' needs loss scaling, which jaxattr has not; use 'bfloat16' "
+    "(float32's range, no scaling needed)"
+  )
+
+
+def _freeze_needs_weights(name, value, config, _):
+  pretrained = _get(config, 'model.pretrained')
+  if not (is_number(value) and value > 0) or pretrained not in ('', SCRATCH):
+    return None
+  if _get(config, 'train.allow_frozen_scratch') is True:
+    return None
+  return (
+    f'{name}: {value!r} freezes a randomly initialised backbone (config.model.pretrained='
+    f"{pretrained!r}); start from weights ('{PUBLISHED}'), set 0, or allow it with "
+    'config.train.allow_frozen_scratch=True'
+  )
+
+
+def _recipe(name, value, config, _):
+  from jaxattr import recipes
+  from jaxattr.models import registry
+
+  backbone = _get(config, 'model.backbone')
+  if value == recipes.OWN or backbone not in registry.BACKBONES:
+    return None
+  expected = recipes.recipe_of(registry.get(backbone).family)
+  if value == expected:
+    return None
+  return (
+    f'{name}: {value!r} is not the recipe of {backbone} ({expected!r}); choose the backbone '
+    f'by the config argument (--config=configs/<recipe>.py:{backbone}), or train with '
+    f"this config's numbers as they are with --config.recipe={recipes.OWN}"
+  )
+
+
+def _layer_decay(name, value, config, _):
+  from jaxattr import optim
+  from jaxattr.models import registry
+
+  backbone = _get(config, 'model.backbone')
+  if not 0 < value < 1 or backbone not in registry.BACKBONES:
+    return None
+  family = registry.get(backbone).family
+  if family in optim.LAYER_DECAY_FAMILIES:
+    return None
+  return f'{name}: layer-wise lr decay is defined for ViT backbones, not {backbone}, got {value!r}'
+
+
 def _evals(name, value, config, _):
   from jaxattr import evaluators  # Each evaluator type checks its own options.
 
@@ -226,6 +310,12 @@ def _aggregation_fits_levels(name, value, config, _):
     models.validate_attention(levels, value)
   except ValueError as e:
     return f'{name}: {e}'
+  from jaxattr.models import registry
+
+  backbone = _get(config, 'model.backbone')
+  if value == 'feature_strided_conv' and backbone in registry.BACKBONES:
+    if registry.get(backbone).family == 'vit':  # Both taps are the one token grid.
+      return f"{name}: {backbone}'s two taps share one grid, which a stride-2 conv cannot halve"
   return None
 
 
@@ -297,6 +387,12 @@ class Field:
 
 FIELDS: dict[str, Field] = {
   'seed': Field(0, integer(0, 2**32 - 1), _DATA_ORDER),
+  # The recipe the optimisation fields hold: 'paper' (the dataset's recipe, chosen for
+  # ResNets and DenseNets), a family's recipe of `jaxattr.recipes` ('transformer'), or
+  # 'own' (the numbers as they are, with any backbone). A backbone whose family trains
+  # with another recipe is refused: config arguments apply the family's recipe, a
+  # --config.model.backbone override does not.
+  'recipe': Field('paper', then(string(nonempty=True), _recipe)),
   # --- Data ---------------------------------------------------------------------------
   # TFDS builder name (registered by importing jaxattr.data) and builder config.
   'data.name': Field('synthetic_attributes', choice(_datasets), _DATASET),
@@ -353,13 +449,16 @@ FIELDS: dict[str, Field] = {
   # blocks of each stage are kept, `models.resnet.scale_blocks`). Test-size transformers
   # use e.g. 0.25; pretrained weights need 1.0.
   'model.depth': Field(1.0, number(0, 1, open_low=True), _depth_fixed),
-  'model.dtype': Field('float32', choice(_dtypes)),  # Compute dtype ('bfloat16': mixed precision).
+  # Compute dtype ('bfloat16': mixed precision).
+  'model.dtype': Field('float32', then(choice(_dtypes), _compute_dtype)),
   'model.param_dtype': Field(
-    'float32', choice(_dtypes), 'the checkpoint holds parameters of this dtype'
+    'float32', then(choice(_dtypes), _param_dtype), 'the checkpoint holds parameters of this dtype'
   ),
-  # A directory written by `python -m jaxattr.convert`, or torchvision:ARCH[:WEIGHTS].
+  # 'published' (the backbone's ImageNet weights), 'scratch' (random, on purpose), a
+  # directory written by `python -m jaxattr.convert`, or torchvision:ARCH[:WEIGHTS]; ''
+  # (random) only on synthetic data.
   'model.pretrained': Field(
-    '', then(string(), _pretrained), 'pretrained weights are loaded only when a run starts'
+    PUBLISHED, then(string(), _pretrained), 'pretrained weights are loaded only when a run starts'
   ),
   # () primary only; (4,) single scale; (3, 4) multi-scale.
   'model.attention.levels': Field((3, 4), _levels, _ARCHITECTURE),
@@ -416,6 +515,8 @@ FIELDS: dict[str, Field] = {
   # The backbone's learning rate is learning_rate * backbone_lr_scale (the heads' is
   # learning_rate); e.g. 0.1 for fine-tuning a pretrained transformer.
   'optimizer.backbone_lr_scale': Field(1.0, number(0)),
+  # ViT only: layer-wise lr decay of the backbone (`optim.layer_scales`); 0 or 1 = off.
+  'optimizer.layer_decay': Field(0.0, then(number(0, 1), _layer_decay)),
   # 'plateau' (on the validation metric) | 'step' | 'cosine' | 'constant'.
   'schedule.name': Field('plateau', choice(_module_choices('optim', 'SCHEDULES'))),
   'schedule.factor': Field(0.1, number(0, open_low=True, below=1)),
@@ -434,7 +535,11 @@ FIELDS: dict[str, Field] = {
     32, batch(), 'the data order and the epoch boundaries are counted in steps of this batch'
   ),
   'train.num_epochs': Field(30, number(0, open_low=True)),
-  'train.freeze_backbone_epochs': Field(3, number(0)),  # Stage 1: heads only, backbone frozen.
+  # Stage 1: heads only, backbone frozen.
+  'train.freeze_backbone_epochs': Field(3, then(number(0), _freeze_needs_weights)),
+  # Freezing a randomly initialised backbone is refused unless this is True (the synthetic
+  # configs do it to exercise both stages).
+  'train.allow_frozen_scratch': Field(False, boolean()),
   'train.log_every_steps': Field(50, integer(1)),
   'train.checkpoint_every_steps': Field(1000, integer(1)),
   'train.keep_checkpoints': Field(2, integer(1)),  # Latest k, plus the best.
@@ -521,6 +626,8 @@ def apply_args(config: ml_collections.ConfigDict, arg: str | None) -> ml_collect
   `arg` is a comma-separated list of tokens; a backbone name selects the backbone, and
   `peers_protocol` adds the test split every epoch, reported beside the validation-selected
   result as the peers' protocol (`evaluators.add_peers_protocol`; it never selects).
+  Then the backbone's family recipe, if it has one (`recipes.apply`), replaces the
+  config's optimisation fields.
 
   Args:
     config: the config to change in place.
@@ -540,7 +647,9 @@ def apply_args(config: ml_collections.ConfigDict, arg: str | None) -> ml_collect
     else:
       expected = (*backbones, PEERS_PROTOCOL)
       raise ValueError(f'Unknown config argument {token!r}; expected one of {expected}.')
-  return config
+  from jaxattr import recipes
+
+  return recipes.apply(config)
 
 
 @functools.cache

@@ -51,7 +51,7 @@ import numpy as np
 from absl import logging
 from flax import linen as nn
 
-from jaxattr import checkpoints, evaluators, inference, losses, metrics, optim, sharding
+from jaxattr import checkpoints, evaluators, inference, losses, metrics, optim, schema, sharding
 from jaxattr import history as hist
 from jaxattr.evaluators import attributes
 from jaxattr.evaluators import report as tables
@@ -462,7 +462,7 @@ def _train_and_evaluate(config, workdir: Path, devices) -> dict[str, Any]:
   if restored is not None:
     state = restored
     logging.info('Resumed at step %d.', int(state.step))
-  elif config.model.pretrained:
+  elif config.model.pretrained not in ('', schema.SCRATCH):  # Random init otherwise.
     from jaxattr import pretrained  # `torchvision:ARCH` -> a converted directory (cached).
 
     model = config.model

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from jaxattr import config_validation, schema
+from tests.conftest import run_tool
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +30,9 @@ def _config(**changes):
   return config
 
 
-@pytest.mark.parametrize('recipe', ['default', 'test', 'demo', 'wider', 'peta'])
+@pytest.mark.parametrize(
+  'recipe', ['default', 'test', 'demo', 'wider', 'peta', 'pa100k', 'rap2', 'custom', 'localisation']
+)
 def test_shipped_configs_are_valid(recipe):
   config = schema.load_recipe(recipe).get_config()
   assert schema.validate(config, num_devices=4) == []
@@ -80,6 +83,12 @@ BAD = [
   ('eval.threshold', 1.5, 'must be <= 1'),
   ('eval.every_epochs', 0, 'must be a positive integer'),
   ('train.checkpoint_every_steps', 0, 'must be a positive integer'),
+  # The traps: values that would train, but not as anyone means to.
+  ('model.param_dtype', 'bfloat16', "must be 'float32' (Adam's updates vanish"),
+  ('model.dtype', 'float16', "'float16' needs loss scaling, which jaxattr has not"),
+  ('optimizer.layer_decay', 0.75, 'defined for ViT backbones, not resnet18'),
+  ('optimizer.layer_decay', 1.5, 'must be <= 1'),
+  ('recipe', 'transformer', "'transformer' is not the recipe of resnet18 ('paper')"),
 ]
 
 
@@ -91,6 +100,111 @@ def test_each_bad_value_gives_one_line_naming_its_field(field, value, words):
   name = 'data.crop_min, crop_max, resize_size' if field == 'data.crop_max' else field
   assert problems[0].startswith(f'config.{name}: '), problems
   assert words in problems[0], problems
+
+
+def test_named_weights_are_valid():
+  for value in (schema.PUBLISHED, schema.SCRATCH):
+    config = _config(**{'model.pretrained': value, 'model.width': 1.0})
+    config.train.freeze_backbone_epochs = 0
+    assert schema.validate(config, num_devices=1) == []
+
+
+def test_published_weights_need_the_full_size_model():
+  config = _config(**{'model.pretrained': schema.PUBLISHED, 'train.freeze_backbone_epochs': 0})
+  (line,) = schema.validate(config, num_devices=1)  # configs/test.py: width 1/16.
+  assert line == (
+    "config.model.pretrained: 'published' weights exist at model.width=1.0 and "
+    "model.depth=1.0 only, got model.width=0.0625, model.depth=1.0; use 'scratch' for a "
+    'smaller model'
+  )
+  config.model.width = 1.0
+  assert schema.validate(config, num_devices=1) == []
+
+
+def test_random_weights_on_real_data_must_be_asked_for():
+  config = _config(
+    **{'data.name': 'wider_attribute', 'data.builder_config': '', 'model.pretrained': ''}
+  )
+  config.train.freeze_backbone_epochs = 0
+  (line,) = schema.validate(config, num_devices=4)
+  assert line.startswith("config.model.pretrained: '' on real data (wider_attribute) starts ")
+  assert "use 'published'" in line and 'docs/pretrained.md' in line and "'scratch'" in line
+  config.model.pretrained = schema.SCRATCH
+  assert schema.validate(config, num_devices=4) == []
+  # Made-up data starts from random weights by default.
+  config.data.name, config.data.builder_config = 'synthetic_attributes', 'tiny'
+  config.model.pretrained = ''
+  assert schema.validate(config, num_devices=4) == []
+
+
+@pytest.mark.parametrize('pretrained', ['', schema.SCRATCH])
+def test_freezing_a_random_backbone_needs_the_explicit_field(pretrained):
+  config = _config(**{'model.pretrained': pretrained, 'train.allow_frozen_scratch': False})
+  (line,) = schema.validate(config, num_devices=4)
+  assert line.startswith('config.train.freeze_backbone_epochs: 1 freezes a randomly ')
+  config.train.allow_frozen_scratch = True
+  assert schema.validate(config, num_devices=4) == []
+  config.train.allow_frozen_scratch = False
+  config.train.freeze_backbone_epochs = 0
+  assert schema.validate(config, num_devices=4) == []
+
+
+def test_vit_has_no_strided_feature_conv():
+  config = _config(
+    **{'model.backbone': 'vit_b_16', 'model.attention.aggregation': 'feature_strided_conv'}
+  )
+  (line,) = schema.validate(config, num_devices=4)
+  assert line == (
+    "config.model.attention.aggregation: vit_b_16's two taps share one grid, which a "
+    'stride-2 conv cannot halve'
+  )
+  config.model.backbone = 'swin_t'
+  assert schema.validate(config, num_devices=4) == []
+
+
+# (config file, flags, the one problem line's start): each trap through the command line.
+TRAPS = [
+  (
+    'custom',
+    ['--config.model.pretrained=', '--config.train.freeze_backbone_epochs=0'],
+    "config.model.pretrained: '' on real data (custom_attributes)",
+  ),
+  (
+    'custom',
+    ['--config.model.pretrained=scratch'],
+    'config.train.freeze_backbone_epochs: 3 freezes a randomly initialised backbone',
+  ),
+  ('test', ['--config.model.param_dtype=bfloat16'], "config.model.param_dtype: must be 'float32'"),
+  ('test', ['--config.model.dtype=float16'], "config.model.dtype: 'float16' needs loss scaling"),
+  (
+    'test',
+    [
+      '--config.model.backbone=vit_b_16',
+      '--config.model.attention.aggregation=feature_strided_conv',
+    ],
+    "config.model.attention.aggregation: vit_b_16's two taps share one grid",
+  ),
+  (
+    'wider',
+    ['--config.model.backbone=swin_t'],
+    "config.recipe: 'paper' is not the recipe of swin_t",
+  ),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(('recipe', 'flags', 'start'), TRAPS, ids=[t[2][:40] for t in TRAPS])
+def test_each_trap_exits_2_with_one_line_and_writes_nothing(tmp_path, recipe, flags, start):
+  workdir = tmp_path / 'parent' / 'run'
+  proc = run_tool(
+    'jaxattr.main', f'--config=configs/{recipe}.py', f'--workdir={workdir}', *flags, num_devices=1
+  )
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  lines = proc.stderr.strip().splitlines()
+  assert lines[-2] == 'jaxattr.main: 1 problem, nothing was done:'
+  assert lines[-1].startswith(start), lines[-1]
+  assert 'Traceback' not in proc.stderr
+  assert not (tmp_path / 'parent').exists()
 
 
 def test_torchvision_weights_of_the_backbone_are_valid():

@@ -399,6 +399,8 @@ def test_trains_end_to_end_on_a_zero_shot_file(peta_root, tmp_path):
     '--config.data.crop_min=24',
     '--config.data.crop_max=36',
     '--config.model.width=0.0625',
+    '--config.model.pretrained=scratch',  # No published weights at this width.
+    '--config.train.allow_frozen_scratch=True',
     '--config.train.batch_size=4',
     '--config.train.num_epochs=2',
     '--config.train.freeze_backbone_epochs=1',
