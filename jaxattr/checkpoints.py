@@ -146,6 +146,8 @@ class Checkpointer:
     workdir = Path(workdir).absolute()
     self.workdir = workdir
     self._unsealed: list[tuple[ocp.CheckpointManager, int]] = []  # Saves without checksums.
+    # The handler named, so that a fresh manager reads a step's tree metadata (restore).
+    handler = dict(item_handlers=ocp.StandardCheckpointHandler())
     common = dict(
       create=True,
       cleanup_tmp_directories=cleanup_tmp,
@@ -153,10 +155,12 @@ class Checkpointer:
     )
     self.latest = ocp.CheckpointManager(
       layout.checkpoint_dir(workdir, 'latest'),
+      **handler,
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, **common),
     )
     self.best = ocp.CheckpointManager(
       layout.checkpoint_dir(workdir, 'best'),
+      **handler,
       options=ocp.CheckpointManagerOptions(
         max_to_keep=1, best_fn=lambda metrics: metrics['value'], best_mode='max', **common
       ),

@@ -245,7 +245,7 @@ def _drop_path_backbone(name, value, config, _):
 def _micro_batches_divide(name, value, config, num_devices):
   size = _get(config, 'train.batch_size')
   devices = num_devices or 1
-  if is_int(size) and size > 0 and size % (value * devices):
+  if is_int(size) and size > 0 and size % devices == 0 and size % (value * devices):
     return (
       f'{name}: config.train.batch_size ({size}) must split into {value} micro-batches '
       f'over {devices} device(s) (a multiple of {value * devices}), got {value!r}'

@@ -7,7 +7,9 @@ applied to the EMA's variables restored from the checkpoint by hand.
 """
 
 import json
+from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +17,7 @@ import pytest
 
 from jaxattr import checkpoints, export, inference, schema, train
 from jaxattr.models import model as model_lib
+from jaxattr.run import restore
 from tests.conftest import FLOAT64, main_command, make_config, run_steps, tool_env, tree_allclose
 
 DECAY = 0.9
@@ -64,6 +67,53 @@ def test_ema_decay_is_checked_and_fixed_on_resume():
   assert schema.fixed_reason('train.ema_decay', 0.9, 0.9) is None
   assert 'EMA' in schema.fixed_reason('train.ema_decay', 0.0, 0.9)
   assert 'EMA' in schema.fixed_reason('train.ema_decay', 0.99, 0.9)
+
+
+class StateBeforeEMA(flax.struct.PyTreeNode):
+  """The train state as runs saved it before the EMA existed."""
+
+  step: Any
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  history: Any
+  plateau: Any
+  best_metric: Any
+
+
+def test_old_checkpoints_restore_and_the_tools_read_the_ema(tmp_path):
+  fields = {
+    'step': jnp.asarray(3),
+    'params': {'w': jnp.arange(3.0)},
+    'batch_stats': {'m': jnp.ones(2)},
+    'opt_state': {'v': jnp.full(3, 2.0)},
+    'history': {},
+    'plateau': jnp.zeros(()),
+    'best_metric': jnp.asarray(0.5),
+  }
+  ckpt = checkpoints.Checkpointer(tmp_path / 'old')
+  ckpt.save(3, StateBeforeEMA(**fields))
+  ckpt.close()
+  target = train.TrainState(**jax.tree.map(jnp.zeros_like, fields), ema={})
+  restored = checkpoints.Checkpointer(tmp_path / 'old').restore(target)
+  assert restored.ema == {}
+  for name, value in fields.items():
+    jax.tree.map(np.testing.assert_array_equal, getattr(restored, name), value)
+  variables = restore.restore_variables(tmp_path / 'old', restore.CheckpointRef('latest', 3))
+  np.testing.assert_array_equal(variables['params']['w'], [0.0, 1.0, 2.0])
+
+  ema = {'params': {'w': jnp.full(3, 7.0)}, 'batch_stats': {'m': jnp.full(2, 8.0)}}
+  ckpt = checkpoints.Checkpointer(tmp_path / 'ema')
+  ckpt.save(3, train.TrainState(**fields, ema=ema))
+  ckpt.close()
+  variables = restore.restore_variables(tmp_path / 'ema', restore.CheckpointRef('latest', 3))
+  jax.tree.map(np.testing.assert_array_equal, variables, ema)
+  no_ema = train.TrainState(**fields, ema={})
+  ckpt = checkpoints.Checkpointer(tmp_path / 'raw')
+  ckpt.save(3, no_ema)
+  ckpt.close()
+  variables = restore.restore_variables(tmp_path / 'raw', restore.CheckpointRef('latest', 3))
+  jax.tree.map(np.testing.assert_array_equal, variables, no_ema.variables())
 
 
 @pytest.fixture(scope='module')
