@@ -163,7 +163,7 @@ def train_step(
   num_sources: int,
   freeze_backbone: bool,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimisation step on a global batch; pure.
+  """One optimisation step on a global batch (in `train.grad_accum_steps` micro-batches); pure.
 
   Args:
     state: the train state.
