@@ -267,14 +267,18 @@ def test_accumulated_step_equals_the_whole_batch(data_dir, float64):
   tree_allclose(state4.opt_state, state1.opt_state, rtol=1e-10)
 
 
-def test_accumulation_writes_every_prediction_and_checks_the_split(data_dir):
+@pytest.mark.slow  # A step compiled for two devices (~30 s cold).
+def test_accumulation_over_devices_writes_every_prediction(data_dir):
   config = make_config(data_dir, **{'history.start_epoch': 0, 'train.grad_accum_steps': 2})
   ex = train.create_experiment(config, devices=jax.devices()[:2])
   batch = next(ex.train_batches())
   state, _ = ex.train_step(ex.state, batch, 0)
   count = np.asarray(state.history['count'])
   assert count.sum() == 16 and np.all(count[batch['index']] == 1)
-  config.train.grad_accum_steps = 3
+
+
+def test_micro_batches_must_split_over_the_devices(data_dir):
+  config = make_config(data_dir, **{'train.grad_accum_steps': 3})
   with pytest.raises(ValueError, match=r'train.batch_size \(16\) must split into'):
     train.create_experiment(config, devices=jax.devices()[:1])
   config.train.grad_accum_steps = 8
