@@ -25,8 +25,13 @@ every save and restore (Orbax synchronises them); process 0, Orbax's primary
 host, creates, renames and deletes the directories, writes the checksums, and each
 process writes the array shards it owns. The workdir must be on a file system that
 all hosts see.
+
+Older runs: a state field that is empty in the target (`{}`, e.g. the EMA of a run
+without one) and absent from the checkpoint, which was saved before the field
+existed, restores as empty; any other difference of structure is an error.
 """
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -114,6 +119,18 @@ def verify_checksums(step_dir: str | Path) -> bool:
 # --- The train state's checkpoints --------------------------------------------------------
 
 
+def _empty_fields_not_saved(manager: ocp.CheckpointManager, step: int, target: Any) -> list[str]:
+  """The fields of a dataclass `target` that are `{}` there and absent from the checkpoint."""
+  if not dataclasses.is_dataclass(target):
+    return []
+  fields = [(f.name, getattr(target, f.name)) for f in dataclasses.fields(target)]
+  empty = [name for name, value in fields if isinstance(value, dict) and not value]
+  if not empty:
+    return []
+  saved = manager.item_metadata(step).tree
+  return [name for name in empty if name not in saved]
+
+
 class Checkpointer:
   """Saves and restores a train-state pytree (latest k + best)."""
 
@@ -129,6 +146,8 @@ class Checkpointer:
     workdir = Path(workdir).absolute()
     self.workdir = workdir
     self._unsealed: list[tuple[ocp.CheckpointManager, int]] = []  # Saves without checksums.
+    # The handler named, so that a fresh manager reads a step's tree metadata (restore).
+    handler = dict(item_handlers=ocp.StandardCheckpointHandler())
     common = dict(
       create=True,
       cleanup_tmp_directories=cleanup_tmp,
@@ -136,10 +155,12 @@ class Checkpointer:
     )
     self.latest = ocp.CheckpointManager(
       layout.checkpoint_dir(workdir, 'latest'),
+      **handler,
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, **common),
     )
     self.best = ocp.CheckpointManager(
       layout.checkpoint_dir(workdir, 'best'),
+      **handler,
       options=ocp.CheckpointManagerOptions(
         max_to_keep=1, best_fn=lambda metrics: metrics['value'], best_mode='max', **common
       ),
@@ -174,7 +195,14 @@ class Checkpointer:
     step_dir = Path(manager.directory) / str(step)
     verify_checksums(step_dir)
     try:
-      return manager.restore(step, args=ocp.args.StandardRestore(target))
+      absent = _empty_fields_not_saved(manager, step, target)
+      if not absent:
+        return manager.restore(step, args=ocp.args.StandardRestore(target))
+      saved = {
+        f.name: getattr(target, f.name) for f in dataclasses.fields(target) if f.name not in absent
+      }
+      restored = manager.restore(step, args=ocp.args.StandardRestore(saved))
+      return target.replace(**restored, **{name: {} for name in absent})
     except Exception as e:  # noqa: BLE001  (TensorStore, Orbax and OS errors alike)
       raise CheckpointError(f'{step_dir}: cannot be read ({one_line(e)}).') from e
 

@@ -319,6 +319,30 @@ def _aggregation_fits_levels(name, value, config, _):
   return None
 
 
+def _drop_path_backbone(name, value, config, _):
+  from jaxattr import models
+
+  backbone = _get(config, 'model.backbone')
+  if value == 0 or backbone not in models.BACKBONES:
+    return None  # An unknown backbone is reported by its own check.
+  family = models.BACKBONES[backbone].family
+  if family not in models.STOCHASTIC_DEPTH_FAMILIES:
+    families = ', '.join(models.STOCHASTIC_DEPTH_FAMILIES)
+    return f'{name}: {backbone} has no stochastic depth (only {families} do); use 0, got {value!r}'
+  return None
+
+
+def _micro_batches_divide(name, value, config, num_devices):
+  size = _get(config, 'train.batch_size')
+  devices = num_devices or 1
+  if is_int(size) and size > 0 and size % devices == 0 and size % (value * devices):
+    return (
+      f'{name}: config.train.batch_size ({size}) must split into {value} micro-batches '
+      f'over {devices} device(s) (a multiple of {value * devices}), got {value!r}'
+    )
+  return None
+
+
 def _min_lr_below_lr(name, value, config, _):
   lr, schedule = _get(config, 'optimizer.learning_rate'), _get(config, 'schedule.name')
   if is_number(lr) and lr > 0 and value > lr and schedule != 'constant':
@@ -364,6 +388,16 @@ def _momentum_fixed(old: Any, new: Any) -> str | None:
     return None
   state = 'one' if old else 'none'
   return f"SGD keeps a momentum state only when momentum > 0; the checkpoint's state has {state}"
+
+
+def _ema_fixed(old: Any, new: Any) -> str | None:
+  """A config.json without `train.ema_decay` ran without EMA: 0 resumes it."""
+  if old == new or (old is MISSING and new == 0):
+    return None
+  return (
+    "the checkpoint's EMA of the weights was averaged with this decay (or is absent at 0); "
+    'a new decay would mix two averages'
+  )
 
 
 # --- The fields ----------------------------------------------------------------------------
@@ -454,6 +488,8 @@ FIELDS: dict[str, Field] = {
   'model.param_dtype': Field(
     'float32', then(choice(_dtypes), _param_dtype), 'the checkpoint holds parameters of this dtype'
   ),
+  # Stochastic depth in training: the last block's drop rate (0 = off); Swin and ConvNeXt.
+  'model.drop_path_rate': Field(0.0, then(number(0, below=1), _drop_path_backbone)),
   # 'published' (the backbone's ImageNet weights), 'scratch' (random, on purpose), a
   # directory written by `python -m jaxattr.convert`, or torchvision:ARCH[:WEIGHTS]; ''
   # (random) only on synthetic data.
@@ -544,6 +580,10 @@ FIELDS: dict[str, Field] = {
   'train.checkpoint_every_steps': Field(1000, integer(1)),
   'train.keep_checkpoints': Field(2, integer(1)),  # Latest k, plus the best.
   'train.max_steps': Field(0, integer(0)),  # > 0 stops early (tests, benchmarks).
+  # EMA of the parameters and BatchNorm statistics (0 = off): evaluated, selected, exported.
+  'train.ema_decay': Field(0.0, number(0, below=1), _ema_fixed),
+  # Micro-batches per step: gradients averaged over them, one optimizer update.
+  'train.grad_accum_steps': Field(1, then(integer(1), _micro_batches_divide)),
   # --- Evaluation -------------------------------------------------------------------------
   'eval.batch_size': Field(64, batch()),
   # Selection metric on data.eval_split: 'map' (WIDER-like) | 'ma' | 'f1' (PETA-like).

@@ -2,9 +2,26 @@
 
 One `TrainState` pytree holds everything a run needs to continue: parameters,
 BatchNorm statistics, optimizer states, the prediction-variance history, the
-plateau-scheduler state, the best validation metric and the step. It is
-checkpointed whole, so a resumed run continues exactly (the data order is a
-function of the step, see `input_pipeline`).
+plateau-scheduler state, the best validation metric, the exponential moving average
+of the weights (`train.ema_decay`) and the step. It is checkpointed whole, so a
+resumed run continues exactly (the data order is a function of the step, see
+`input_pipeline`, and the step's randomness, stochastic depth, of seed and step).
+
+The EMA (timm's ModelEmaV2: `ema += (1 - decay) * (new - ema)` after every optimizer
+update, no warm-up of the decay, starting from the initial or pretrained weights)
+averages the BatchNorm statistics as well as the parameters, as timm does with a
+model's buffers, so the statistics stay those of weights near the averaged ones.
+When it is kept, it is what evaluation sees, what selects the best checkpoint, and
+what the tools load (`TrainState.eval_variables`, `jaxattr.run.restore`); a frozen
+backbone's EMA stays equal to its weights (the lerp of equal values is exact).
+
+`train.grad_accum_steps` = k splits the global batch into k micro-batches inside the
+compiled step (`jax.lax.scan`): the gradients are averaged, so the one optimizer update
+equals that of the whole batch (the loss is a mean over samples), and the history
+receives every example's predictions. BatchNorm normalises each micro-batch with its
+own statistics and updates its running averages k times, once per micro-batch, as
+PyTorch's accumulation loops do; so with BatchNorm the step is not exactly the
+whole batch's, without it (ViT) it is.
 
 Steps are pure and compiled once per stage with `jax.jit` over a 1-D device mesh
 ('data'): the batch is sharded along it, the state is replicated, and the compiler
@@ -72,10 +89,47 @@ class TrainState(flax.struct.PyTreeNode):
   history: dict[str, jax.Array]
   plateau: Any  # optax.contrib reduce-on-plateau state (its `scale` multiplies the lr).
   best_metric: jax.Array  # Best validation metric so far (-inf before the first eval).
+  # The EMA of `variables()` ({'params', 'batch_stats'}), or {} when `train.ema_decay` is 0.
+  ema: dict[str, Any]
 
   def variables(self) -> dict[str, Any]:
-    """The model's variables, what evaluation and inference take."""
+    """The model's variables as trained (the optimizer's weights)."""
     return {'params': self.params, 'batch_stats': self.batch_stats}
+
+  def eval_variables(self) -> dict[str, Any]:
+    """What evaluation, selection and inference take: the EMA when kept, else `variables()`."""
+    return self.ema or self.variables()
+
+
+def ema_update(ema: Any, new: Any, decay: float) -> Any:
+  """`ema + (1 - decay) * (new - ema)` leaf by leaf (torch's `lerp_`, as timm's EMA).
+
+  This form leaves a leaf that did not change (a frozen backbone) exactly as it is.
+  """
+  return jax.tree.map(lambda e, v: e + (1.0 - decay) * (v - e), ema, new)
+
+
+def step_rng(seed: int, step: jax.Array) -> jax.Array:
+  """The step's random key (stochastic depth): a function of seed and step, so a resumed
+  run draws what the uninterrupted one would."""
+  return jax.random.fold_in(jax.random.key(seed), step)
+
+
+def split_micro_batches(x: jax.Array, k: int, axis: int = 0) -> jax.Array:
+  """[..., B, ...] -> [k, ..., B/k, ...]: micro-batch j holds rows j, j + k, j + 2k, ...
+
+  Strided, not contiguous: each device's contiguous block of the sharded batch splits
+  evenly over the micro-batches, so no rows move between devices.
+  """
+  x = jnp.moveaxis(x, axis, 0)
+  x = jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+  return jnp.moveaxis(x, 1, axis + 1)
+
+
+def merge_micro_batches(x: jax.Array, axis: int = 0) -> jax.Array:
+  """The inverse of `split_micro_batches`: [k, ..., B/k, ...] -> [..., B, ...] in batch order."""
+  x = jnp.swapaxes(jnp.moveaxis(x, axis + 1, 1), 0, 1)
+  return jnp.moveaxis(x.reshape(-1, *x.shape[2:]), 0, axis)
 
 
 def num_history_sources(config: ml_collections.ConfigDict) -> int:
@@ -109,7 +163,7 @@ def train_step(
   num_sources: int,
   freeze_backbone: bool,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimisation step on a global batch; pure.
+  """One optimisation step on a global batch (in `train.grad_accum_steps` micro-batches); pure.
 
   Args:
     state: the train state.
@@ -128,30 +182,60 @@ def train_step(
   """
   images = inference.normalize(batch['image'], config.data)
   std = jax.lax.stop_gradient(history_std(state.history, batch['index'], num_sources))
+  drop_path = bool(config.model.drop_path_rate)
 
-  def loss_fn(params):
+  def loss_fn(params, batch_stats, images, labels, std, rng):
     outputs, new_model_state = model.apply(
-      {'params': params, 'batch_stats': state.batch_stats},
+      {'params': params, 'batch_stats': batch_stats},
       images,
       train=True,
       freeze_backbone=freeze_backbone,
       mutable=['batch_stats'],
+      rngs={'dropout': rng} if drop_path else None,
     )
     loss, terms = losses.total_loss(
       outputs['primary_logits'],
       outputs['attention_logits'],
-      batch['labels'],
+      labels,
       std,
       w_pos,
       w_neg,
       config.loss,
       unknown=config.data.unknown_label,
     )
-    return loss, (outputs, new_model_state['batch_stats'], terms)
+    probs = hist.source_probs(outputs, config.history.source) if num_sources else None
+    return loss, (probs, new_model_state['batch_stats'], terms)
 
-  (loss, (outputs, batch_stats, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-    state.params
-  )
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  rng = step_rng(config.seed, state.step)
+  k = config.train.grad_accum_steps
+  if k == 1:
+    (loss, (probs, batch_stats, terms)), grads = grad_fn(
+      state.params, state.batch_stats, images, batch['labels'], std, rng
+    )
+  else:
+
+    def micro_step(carry, micro):
+      grad_sum, batch_stats = carry
+      j, *inputs = micro
+      (loss, (probs, batch_stats, terms)), grads = grad_fn(
+        state.params, batch_stats, *inputs, jax.random.fold_in(rng, j)
+      )
+      return (jax.tree.map(jnp.add, grad_sum, grads), batch_stats), (loss, probs, terms)
+
+    micro = (
+      jnp.arange(k),
+      split_micro_batches(images, k),
+      split_micro_batches(batch['labels'], k),
+      split_micro_batches(std, k, axis=1),
+    )
+    carry = (jax.tree.map(jnp.zeros_like, state.params), state.batch_stats)
+    (grad_sum, batch_stats), (loss, probs, terms) = jax.lax.scan(micro_step, carry, micro)
+    # Equal micro-batches of a per-sample mean: the means' mean is the batch's mean.
+    grads = jax.tree.map(lambda g: g / k, grad_sum)
+    loss, terms = jnp.mean(loss), jax.tree.map(jnp.mean, terms)
+    if num_sources:
+      probs = merge_micro_batches(probs, axis=1)
   lr = lr_fn(state.step) * state.plateau.scale
   params, opt_state = optim.update(
     state.params, grads, state.opt_state, config.optimizer, lr, freeze_backbone
@@ -160,17 +244,21 @@ def train_step(
   new_history = state.history
   if num_sources:
     epoch = state.step // steps_per_epoch
-    probs = hist.source_probs(outputs, config.history.source)
     new_history = hist.update(
       state.history, batch['index'], probs, epoch >= config.history.start_epoch
     )
 
+  ema = state.ema
+  if config.train.ema_decay:
+    new = {'params': params, 'batch_stats': batch_stats}
+    ema = ema_update(state.ema, new, config.train.ema_decay)
   new_state = state.replace(
     step=state.step + 1,
     params=params,
     batch_stats=batch_stats,
     opt_state=opt_state,
     history=new_history,
+    ema=ema,
   )
   step_metrics = {'loss': loss, 'learning_rate': lr, **terms}
   return new_state, step_metrics
@@ -202,11 +290,12 @@ def create_train_state(
   def init():
     variables = model.init(jax.random.key(config.seed), jnp.zeros((1, size, size, 3)), train=False)
     params = variables['params']
+    batch_stats = variables.get('batch_stats', {})
     backbone, heads = optim.split_params(params)
     return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
-      batch_stats=variables.get('batch_stats', {}),
+      batch_stats=batch_stats,
       opt_state={BACKBONE: tx.init(backbone), 'heads': tx.init(heads)},
       # No attention, no history: an empty dict (Orbax cannot save zero-size arrays).
       history=(
@@ -214,6 +303,9 @@ def create_train_state(
       ),
       plateau=optim.make_plateau(config).init(jnp.zeros(())),
       best_metric=jnp.full((), -jnp.inf, jnp.float32),
+      # The same values in their own buffers (a jit's outputs never share one), so
+      # donating the state donates each buffer once.
+      ema={'params': params, 'batch_stats': batch_stats} if config.train.ema_decay else {},
     )
 
   lowered = jax.jit(init, out_shardings=sharding).lower()
@@ -284,7 +376,7 @@ class Experiment:
     """Every attribute metric of `split` for the state, and the gathered predictions."""
     spec = evaluators.resolve(split, {'type': 'attributes', 'split': split})
     evaluator = attributes.AttributesEvaluator(split, spec, self.context)
-    return evaluator.evaluate_with_data(state.variables())
+    return evaluator.evaluate_with_data(state.eval_variables())
 
 
 def create_experiment(config: ml_collections.ConfigDict, devices=None) -> Experiment:
@@ -308,6 +400,12 @@ def create_experiment(config: ml_collections.ConfigDict, devices=None) -> Experi
   sharding.check_divides(
     mesh, **{'train.batch_size': config.train.batch_size, 'eval.batch_size': config.eval.batch_size}
   )
+  accum, batch = config.train.grad_accum_steps, config.train.batch_size
+  if batch % (accum * mesh.size):
+    raise ValueError(
+      f'train.batch_size ({batch}) must split into train.grad_accum_steps ({accum}) '
+      f'micro-batches over {mesh.size} devices.'
+    )
   replicated, data_sharding = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   spe = input_pipeline.steps_per_epoch(num_train, config.train.batch_size)
   total_steps = int(config.train.num_epochs * spe)
@@ -468,6 +566,8 @@ def _train_and_evaluate(config, workdir: Path, devices) -> dict[str, Any]:
     model = config.model
     path = pretrained.resolve(model.pretrained, model.backbone, model.width, model.depth)
     state = pretrained.load_into(state, path)
+    if state.ema:  # The average starts from the pretrained weights, in buffers of its own.
+      state = state.replace(ema=jax.tree.map(jnp.copy, state.variables()))
   if is_main:  # The config in use from this step on: config.json, config_history.jsonl.
     resume.record_config(workdir, config, int(state.step))
 
@@ -513,7 +613,7 @@ def _train_and_evaluate(config, workdir: Path, devices) -> dict[str, Any]:
       scalars = {}
       if due:
         with report.timed('eval'):
-          scalars = {k: v for ev in due for k, v in ev.run(state.variables()).items()}
+          scalars = {k: v for ev in due for k, v in ev.run(state.eval_variables()).items()}
         writer.scalars(step, scalars)
       if select in scalars:
         value = scalars[select]
@@ -555,6 +655,7 @@ def _train_and_evaluate(config, workdir: Path, devices) -> dict[str, Any]:
 
   # The final evaluators, once, on the best state (the current one if no epoch finished).
   results = {'workdir': str(workdir), 'dataset': ex.builder.info.full_name, 'steps': step}
+  results['weights'] = 'ema' if state.ema else 'raw'  # Which weights every evaluation saw.
   best = state
   if ckpt.best_step() is not None:
     best = ckpt.restore(state, which='best')
@@ -563,7 +664,7 @@ def _train_and_evaluate(config, workdir: Path, devices) -> dict[str, Any]:
   final_scalars = {}
   with report.timed('test'):
     for ev in final:
-      scalars = ev.run(best.variables())
+      scalars = ev.run(best.eval_variables())
       results[ev.spec['results_key']] = ev.details
       # A periodic evaluator logged its curve already; its value on the best state is in
       # results.json (logged at the last step it would read as that step's).
@@ -571,7 +672,7 @@ def _train_and_evaluate(config, workdir: Path, devices) -> dict[str, Any]:
         final_scalars.update(scalars)
   if config.eval.attention_grid and is_main and config.model.attention.levels:
     grid = evaluators.common.attention_grid(
-      ex.context, best.variables(), layout.attention_path(workdir)
+      ex.context, best.eval_variables(), layout.attention_path(workdir)
     )
     results['attention_grid'] = str(grid)
   results['wall_time_s'] = time.time() - start_time
@@ -587,8 +688,8 @@ def _train_and_evaluate(config, workdir: Path, devices) -> dict[str, Any]:
         results[ev.spec['results_key']] = sections[ev.spec['results_key']] = curve
     markdown = tables.results_markdown(
       results['dataset'],
-      f'Best validation step {results.get("best_step", step)} of {step}; '
-      f'wall time {results["wall_time_s"]:.0f} s.',
+      f'Best validation step {results.get("best_step", step)} of {step}'
+      f'{"; EMA weights" if state.ema else ""}; wall time {results["wall_time_s"]:.0f} s.',
       sections,
     )
     files.write_results(workdir, results, markdown)

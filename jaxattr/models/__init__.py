@@ -4,6 +4,7 @@ the attribute model."""
 from jaxattr.models.model import (
   AGGREGATIONS,
   LEVELS,
+  STOCHASTIC_DEPTH_FAMILIES,
   AttributeModel,
   create_model,
   validate_attention,
@@ -14,6 +15,7 @@ __all__ = [
   'AGGREGATIONS',
   'BACKBONES',
   'LEVELS',
+  'STOCHASTIC_DEPTH_FAMILIES',
   'AttributeModel',
   'Backbone',
   'backbone_tap_channels',

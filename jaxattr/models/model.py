@@ -47,6 +47,7 @@ __all__ = [
   'AGGREGATIONS',
   'BACKBONES',
   'LEVELS',
+  'STOCHASTIC_DEPTH_FAMILIES',
   'AttributeModel',
   'backbone_tap_channels',
   'create_backbone',
@@ -56,6 +57,9 @@ __all__ = [
 
 LEVELS = ((), (3,), (4,), (3, 4))
 AGGREGATIONS = ('score', 'feature_upsample', 'feature_maxpool', 'feature_strided_conv')
+# The backbone families with stochastic depth (their `stochastic_depth_prob`); torchvision's
+# ViT, ResNet and DenseNet have none.
+STOCHASTIC_DEPTH_FAMILIES = ('swin', 'convnext')
 
 
 def validate_attention(levels: Sequence[int], aggregation: str) -> tuple[int, ...]:
@@ -99,6 +103,8 @@ class AttributeModel(nn.Module):
     classifier_channels: conv widths of the attention classifier (before `width`).
     dtype: compute dtype.
     param_dtype: parameter dtype.
+    drop_path_rate: the backbone's stochastic depth in training (0 = off; a family of
+      `STOCHASTIC_DEPTH_FAMILIES`), drawn from the 'dropout' RNG stream.
   """
 
   num_classes: int
@@ -112,6 +118,7 @@ class AttributeModel(nn.Module):
   classifier_channels: Sequence[int] = (256, 512, 512)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  drop_path_rate: float = 0.0
 
   @nn.compact
   def __call__(self, images: Array, train: bool, freeze_backbone: bool = False) -> dict[str, Any]:
@@ -138,6 +145,7 @@ class AttributeModel(nn.Module):
       param_dtype=pdt,
       module_name='backbone',
       depth=self.depth,
+      **({'stochastic_depth_prob': self.drop_path_rate} if self.drop_path_rate else {}),
     )
     taps = backbone(images, train=train and not freeze_backbone)
     if freeze_backbone:
@@ -221,7 +229,7 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> n
 
   Args:
     model_config: `config.model` of configs/default.py (backbone, width, depth, dtype,
-      param_dtype, attention.{levels, aggregation, confidence_weighting,
+      param_dtype, drop_path_rate, attention.{levels, aggregation, confidence_weighting,
       mask_channels, classifier_channels}).
     num_classes: number of attributes C.
 
@@ -249,4 +257,5 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> n
     classifier_channels=tuple(int(c) for c in attention.classifier_channels),
     dtype=jnp.dtype(model_config.dtype),
     param_dtype=jnp.dtype(model_config.param_dtype),
+    drop_path_rate=float(model_config.get('drop_path_rate', 0.0)),  # Runs saved before it: off.
   )

@@ -1,11 +1,14 @@
 """A run's checkpoints as the tools read them: which one, and its variables only.
 
-Only `params` and `batch_stats` are read from a checkpoint (Orbax partial restore,
+Only the model's variables are read from a checkpoint (Orbax partial restore,
 `restore_variables`), so the optimizer state and the prediction history never reach
-memory. The training loop restores whole train states through `jaxattr.checkpoints`.
+memory: the EMA of the weights when the run kept one (`train.ema_decay`, the weights
+it evaluated and selected with), else `params` and `batch_stats`. The training loop
+restores whole train states through `jaxattr.checkpoints`.
 """
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +83,10 @@ def resolve_checkpoint(workdir: str | Path, which: str = 'auto') -> CheckpointRe
 def restore_variables(
   workdir: str | Path, ref: CheckpointRef, sharding: jax.sharding.Sharding | None = None
 ) -> dict[str, Any]:
-  """`params` and `batch_stats` of a checkpoint, nothing else (partial restore).
+  """The variables of a checkpoint that the run evaluated, nothing else (partial restore).
+
+  Those are the EMA's `params` and `batch_stats` when the run kept an EMA of the
+  weights, else the trained ones (runs saved before the EMA existed have none).
 
   Args:
     workdir: the run's workdir.
@@ -112,16 +118,21 @@ def restore_variables(
 
 
 def _restore_params(manager: ocp.CheckpointManager, ref: CheckpointRef, sharding) -> dict:
-  """Orbax's partial restore of `params` and `batch_stats` (errors pass through)."""
+  """Orbax's partial restore of the EMA's or the trained variables (errors pass through)."""
   saved = manager.item_metadata(ref.step).tree
+  ema = isinstance(saved.get('ema'), Mapping) and bool(saved['ema'])
+  variables = saved['ema'] if ema else saved
   target = {
     key: jax.tree.map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), saved[key]
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), variables[key]
     )
     for key in ('params', 'batch_stats')
   }
+  if ema:
+    target = {'ema': target}
   restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), target)
-  return manager.restore(
+  restored = manager.restore(
     ref.step,
     args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True),
   )
+  return restored['ema'] if ema else restored
