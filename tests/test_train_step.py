@@ -222,6 +222,7 @@ def test_stochastic_depth_draws_from_seed_and_step(data_dir):
 
 def test_stochastic_depth_refused_for_backbones_without_it():
   config = schema.defaults()
+  config.recipe = 'own'  # Only the stochastic-depth check is under test.
   config.model.backbone = 'vit_b_16'
   config.model.drop_path_rate = 0.1
   assert schema.validate(config) == [
