@@ -121,10 +121,12 @@ def _norm_dtype(dtype: Dtype) -> Dtype:
   return jnp.promote_types(dtype, jnp.float32)
 
 
-def layer_norm(dtype: Dtype, param_dtype: Dtype, name: str) -> nn.LayerNorm:
+def layer_norm(
+  dtype: Dtype, param_dtype: Dtype, name: str, epsilon: float = LN_EPSILON
+) -> nn.LayerNorm:
   """torchvision's LayerNorm(eps 1e-6), computed in float32 or wider, two-pass variance."""
   return nn.LayerNorm(
-    epsilon=LN_EPSILON,
+    epsilon=epsilon,
     use_fast_variance=False,
     dtype=_norm_dtype(dtype),
     param_dtype=param_dtype,
