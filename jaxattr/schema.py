@@ -165,6 +165,17 @@ def _autotune(at_least: int, what: str) -> Check:
 def _pretrained(name, value, config, _):
   if not value:
     return None
+  if value.startswith('openai:'):  # OpenAI's CLIP files: `jaxattr.pretrained` checks the name.
+    from jaxattr import pretrained
+
+    names = pretrained.openai_names()
+    arch = names.get(value[len('openai:') :])
+    if arch is None:
+      return f'{name}: {value}: unknown CLIP model; known: openai:{", openai:".join(names)}'
+    backbone = _get(config, 'model.backbone')
+    if arch != backbone:
+      return f'{name}: {value} are weights of {arch}, but config.model.backbone is {backbone}'
+    return None
   prefix = 'torchvision:'
   if not value.startswith(prefix):
     if Path(value).expanduser().exists():
@@ -354,6 +365,9 @@ FIELDS: dict[str, Field] = {
   # use e.g. 0.25; pretrained weights need 1.0.
   'model.depth': Field(1.0, number(0, 1, open_low=True), _depth_fixed),
   'model.dtype': Field('float32', choice(_dtypes)),  # Compute dtype ('bfloat16': mixed precision).
+  # Recompute each backbone block's activations in the backward pass (`nn.remat`): the same
+  # gradients in less memory, for about one more forward pass (docs: memory_table.md).
+  'model.remat': Field(False, boolean()),
   'model.param_dtype': Field(
     'float32', choice(_dtypes), 'the checkpoint holds parameters of this dtype'
   ),

@@ -45,7 +45,7 @@ multiple of P) its patch part is resized bicubically in the forward pass by
 `width` scales the head dimension (64), the MLP width (4D) and E, keeping the heads
 (12 / 16), and `depth` the blocks (`resnet.scale_blocks`), so test-size towers run the
 same code path. `remat` recomputes each block's activations in the backward pass
-(`nn.remat`), trading compute for memory.
+(`backbone.remat_block`), trading compute for memory.
 """
 
 import dataclasses
@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxattr.models.backbone import creator, linear
+from jaxattr.models.backbone import creator, linear, remat_block
 from jaxattr.models.resnet import scale_blocks, scale_channels, torch_linear_init
 from jaxattr.models.vit import SelfAttention, layer_norm, resize_grid
 
@@ -123,7 +123,7 @@ class Resblocks(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> tuple[Array, Array]:
     """Returns `(tokens after `tap_after` blocks, tokens after the last block)`."""
-    block = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
+    block = remat_block(ResidualAttentionBlock, self.remat, has_train=False)
     tap = x
     for i in range(self.num_layers):
       x = block(self.num_heads, self.mlp_dim, self.dtype, self.param_dtype, name=str(i))(x)
@@ -171,7 +171,7 @@ class ClipVisionTransformer(nn.Module):
     tap_after: `k1` is read after this many blocks (two thirds of `num_layers`).
     width: multiplier of head_dim, mlp_dim and output_dim (1.0 = OpenAI's).
     num_classes: must be None: CLIP has no ImageNet head (the contract's `logits`).
-    remat: recompute each block in the backward pass (`nn.remat`).
+    remat: rematerialise each block in the backward pass (`backbone.remat_block`).
     dtype: compute dtype.
     param_dtype: parameter dtype.
   """
