@@ -194,7 +194,7 @@ def torch_to_flax(
 
 
 def backbone_shapes(
-  arch: str, width: float = 1.0, num_classes: int | None = None
+  arch: str, width: float = 1.0, num_classes: int | None = None, depth: float = 1.0
 ) -> dict[str, Any]:
   """The variable shapes of a backbone, without allocating it.
 
@@ -202,12 +202,13 @@ def backbone_shapes(
     arch: a name of `ARCHS`.
     width: channel multiplier.
     num_classes: include the ImageNet head with this many classes; None = none.
+    depth: block multiplier (1.0 = the published architecture).
 
   Returns:
     `{'params': tree, 'batch_stats': tree}` of `jax.ShapeDtypeStruct`.
   """
   entry = _check_arch(arch)
-  model = registry.create_backbone(arch, width, num_classes=num_classes)
+  model = registry.create_backbone(arch, width, num_classes=num_classes, depth=depth)
   # 64 is a multiple of every torchvision family's patch and stride, 224 of CLIP's 16 and
   # 14; shapes do not depend on the size.
   side = 224 if entry.family == 'clip' else 64
@@ -220,6 +221,7 @@ def convert_state_dict(
   state_dict: Mapping[str, Any],
   include_head: bool = False,
   width: float = 1.0,
+  depth: float = 1.0,
 ) -> Variables:
   """Converts a torchvision state dict of `arch` to the jaxattr backbone's variables.
 
@@ -230,6 +232,7 @@ def convert_state_dict(
       read from the file); by default it is dropped, and need not be in the file.
     width: channel multiplier of the architecture (1.0 = torchvision; tiny widths
       are for tests).
+    depth: block multiplier likewise.
 
   Returns:
     `{'params': ..., 'batch_stats': ...}` of float32 numpy arrays, structured like
@@ -252,8 +255,8 @@ def convert_state_dict(
     num_classes = int(head_weight.shape[0])
   else:
     state_dict = {k: v for k, v in state_dict.items() if not _under(k, head)}
-  expected = backbone_shapes(arch, width, num_classes)
-  return torch_to_flax(state_dict, expected, what=f'{arch} (width {width:g})')
+  expected = backbone_shapes(arch, width, num_classes, depth)
+  return torch_to_flax(state_dict, expected, what=f'{arch} (width {width:g}, depth {depth:g})')
 
 
 def _to_numpy(value: Any) -> np.ndarray:
