@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -297,8 +298,11 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         'or save the state dict as .npz elsewhere and convert that.'
       ) from e
     if _is_torchscript(path):
-      # OpenAI's CLIP files are TorchScript archives, read as OpenAI's `clip.load` does.
-      loaded = torch.jit.load(str(path), map_location='cpu').state_dict()
+      # OpenAI's CLIP files are TorchScript archives, read as OpenAI's `clip.load` does;
+      # torch deprecates TorchScript (for torch.export) but still reads it.
+      with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', category=DeprecationWarning, module=r'torch\.jit')
+        loaded = torch.jit.load(str(path), map_location='cpu').state_dict()
     else:
       loaded = torch.load(path, map_location='cpu', weights_only=True)
     if isinstance(loaded, Mapping) and 'state_dict' in loaded:
