@@ -173,3 +173,21 @@ def test_remat_gives_the_same_gradients(name, size, depth, float64):
   for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
+
+
+@pytest.mark.parametrize('arg', ['peta', 'pa100k,frozen,clip_vit_b_16'])
+def test_clip_recipe_is_a_valid_config(arg):
+  from jaxattr import schema
+
+  config = schema.load_recipe('clip').get_config(arg)
+  config.data.manual_dir = '/'  # The datasets' sources are not needed to check the fields.
+  assert schema.validate(config, num_devices=1) == []
+  backbone = 'clip_vit_b_16' if 'clip_vit_b_16' in arg else 'clip_vit_l_14'
+  assert config.model.backbone == backbone
+  assert config.model.pretrained == {'clip_vit_b_16': 'openai:ViT-B-16'}.get(
+    backbone, 'openai:ViT-L-14'
+  )
+  frozen = config.train.freeze_backbone_epochs >= config.train.num_epochs
+  assert frozen == ('frozen' in arg)
+  with pytest.raises(ValueError, match='clip_vit_l_14'):
+    schema.load_recipe('clip').get_config('resnet50')
