@@ -67,6 +67,8 @@ COLUMNS = (
   'aliased GB',
   'temporaries GB',
   'peak GB',
+  'residuals GB',
+  'est. GPU peak GB',
   'fits',
   'compile s',
 )
@@ -89,14 +91,49 @@ def abstract_inputs(config, model, num_classes: int, mesh: jax.sharding.Mesh):
   return state, batch_shapes
 
 
+def residual_bytes(config, model, state, batch_shapes) -> int:
+  """Bytes the forward pass keeps for the backward pass (`jax.vjp`'s residuals), from shapes.
+
+  The activations (and the weights' compute-dtype copies) that live from the forward
+  to the backward: what `model.remat` cuts to the blocks' inputs. Traced only, so it
+  does not depend on a backend's scheduler.
+  """
+  del config
+
+  def forward(params, batch_stats, images):
+    out, _ = model.apply(
+      {'params': params, 'batch_stats': batch_stats},
+      images.astype(jnp.float32),
+      train=True,
+      mutable=['batch_stats'],
+    )
+    return out['logits']
+
+  def vjp(params, batch_stats, images):
+    return jax.vjp(lambda p: forward(p, batch_stats, images), params)[1]
+
+  residuals = jax.eval_shape(vjp, state.params, state.batch_stats, batch_shapes['image'])
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(residuals))
+
+
 def fits(peak_gb: float) -> str:
   """The GPU sizes (GB) the step's peak fits in, with 10 % left for the runtime."""
   sizes = [f'{g}' for g in GPU_SIZES_GB if peak_gb <= 0.9 * g]
   return ', '.join(sizes) if sizes else 'none'
 
 
-def measure(backbone: str, batch: int, dtype: str, remat: bool) -> dict[str, object]:
-  """Compiles one train step from abstract shapes and reads its memory analysis."""
+def measure(
+  backbone: str, batch: int, dtype: str, remat: bool, without_remat: dict | None = None
+) -> dict[str, object]:
+  """Compiles one train step from abstract shapes and reads its memory analysis.
+
+  Args:
+    backbone, batch, dtype, remat: the setting.
+    without_remat: the row of the same setting with remat off (for the estimate).
+
+  Returns:
+    The row; `_peak` and `_residuals` (bytes) for the remat-on row's estimate.
+  """
   config = bench_train.bench_config(backbone, _IMAGE_SIZE.value, batch, 1.0, 'full')
   config.model.dtype = dtype
   config.model.remat = remat
@@ -108,12 +145,20 @@ def measure(backbone: str, batch: int, dtype: str, remat: bool) -> dict[str, obj
   compiled = step.lower(state, batch_shapes).compile()
   seconds = time.perf_counter() - start
   m = compiled.memory_analysis()
-  peak = (
+  peak_bytes = (
     m.argument_size_in_bytes
     + m.output_size_in_bytes
     - m.alias_size_in_bytes
     + m.temp_size_in_bytes
-  ) / GB
+  )
+  peak = peak_bytes / GB
+  residuals = residual_bytes(config, model, state, batch_shapes)
+  # XLA:CPU schedules the recomputation early, so its plan with remat saves nothing (it
+  # keeps more); a memory-aware GPU schedule frees what remat stops keeping: the
+  # residuals' difference.
+  estimate = peak_bytes
+  if remat and without_remat is not None:
+    estimate = without_remat['_peak'] - (without_remat['_residuals'] - residuals)
   return {
     'backbone': backbone,
     'batch': batch,
@@ -124,8 +169,12 @@ def measure(backbone: str, batch: int, dtype: str, remat: bool) -> dict[str, obj
     'aliased GB': f'{m.alias_size_in_bytes / GB:.2f}',
     'temporaries GB': f'{m.temp_size_in_bytes / GB:.2f}',
     'peak GB': f'{peak:.2f}',
-    'fits': fits(peak),
+    'residuals GB': f'{residuals / GB:.2f}',
+    'est. GPU peak GB': f'{estimate / GB:.2f}',
+    'fits': fits(estimate / GB),
     'compile s': f'{seconds:.0f}',
+    '_peak': peak_bytes,
+    '_residuals': residuals,
   }
 
 
@@ -155,8 +204,12 @@ def _header() -> str:
       "The paper's model (attention at stages 3 and 4, all losses, history on), "
       f'{_IMAGE_SIZE.value}x{_IMAGE_SIZE.value}, {_NUM_CLASSES.value} attributes, SGD '
       'state, one device; parameters float32, `dtype` the compute dtype. peak = arguments + '
-      'outputs - aliased (donated) + temporaries. `fits`: the GPU sizes (GB) whose 90 % holds '
-      "the peak. A CPU compile is a proxy for a GPU's: read +-20 %.",
+      'outputs - aliased (donated) + temporaries, as XLA:CPU plans it. residuals: what the '
+      'forward keeps for the backward (`jax.vjp` residuals, traced: activations and the '
+      "weights' compute-dtype copies). est. GPU peak: the peak, and with remat the remat-off "
+      "peak less the residuals remat drops (XLA:CPU's own remat plan saves nothing: it "
+      'schedules the recomputation early). `fits`: the GPU sizes (GB) whose 90 % holds the '
+      "estimate. A CPU compile is a proxy for a GPU's: read +-20 %.",
       '',
       '| ' + ' | '.join(COLUMNS) + ' |',
       '|' + '---|' * len(COLUMNS),
@@ -175,8 +228,10 @@ def main(argv):
     _DTYPE.value,
     [r.lower() in ('1', 'true', 'on') for r in _REMAT.value],
   )
+  without_remat = None
   for batch, backbone, dtype, remat in combos:
-    row = measure(backbone, batch, dtype, remat)
+    row = measure(backbone, batch, dtype, remat, without_remat)
+    without_remat = None if remat else row
     line = '| ' + ' | '.join(str(row[c]) for c in COLUMNS) + ' |'
     print(line, flush=True)
     with out.open('a') as f:
