@@ -3,6 +3,8 @@ r"""Speed of the real train and eval steps on this machine, and the method's ove
   python -m experiments.bench_train --backbone=resnet50 --batch=8 --image_size=224
   python -m experiments.bench_train --backbone=vit_b_16,swin_t,convnext_tiny,resnet50 \
       --batch=8 --image_size=224             # several backbones, one after another
+  python -m experiments.bench_train --backbone=resnet50,clip_vit_b_16,clip_vit_l_14 \
+      --batch=8 --image_size=224 --variants=full   # the CLIP towers beside ResNet-50
   python -m experiments.bench_train --backbone=resnet50 --batch=8 --image_size=224 \
       --compare_torch
   python -m experiments.bench_train --backbone=resnet50 --batch=8 --image_size=224 --pieces
@@ -22,9 +24,10 @@ the full / primary step-time ratio (the method's overhead). The variants run in
 alternating blocks of consecutive steps (see `time_in_blocks`), so load from other
 processes falls on both alike.
 
-Every registered backbone can be timed. With --compare_torch the same architecture
-(`tests/torch_reference.py`, NCHW, float32: the ResNets, DenseNets and ViT-B/16; Swin
-and ConvNeXt have no PyTorch attribute model there and are skipped) is timed in
+Every registered backbone can be timed, the CLIP towers (clip_vit_b_16, clip_vit_l_14)
+too. With --compare_torch the same architecture
+(`tests/torch_reference.py`, NCHW, float32: the ResNets, DenseNets and ViT-B/16; Swin,
+ConvNeXt and the CLIP towers have no PyTorch attribute model there and are skipped) is timed in
 PyTorch with as many threads as CPUs: train step = forward + BCE on the aggregated
 logits + backward + SGD (momentum, weight decay) step; eval = forward under
 `torch.inference_mode`. Then the JAX / PyTorch step-time ratios.
