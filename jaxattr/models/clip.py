@@ -133,28 +133,12 @@ class Resblocks(nn.Module):
 
 
 class Transformer(nn.Module):
-  """CLIP's `transformer`, which holds only `resblocks`."""
+  """CLIP's `transformer`, which holds only `resblocks` (the field's name is its Flax name)."""
 
-  num_layers: int
-  num_heads: int
-  mlp_dim: int
-  tap_after: int
-  remat: bool = False
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
+  resblocks: Resblocks
 
-  @nn.compact
   def __call__(self, x: Array) -> tuple[Array, Array]:
-    return Resblocks(
-      self.num_layers,
-      self.num_heads,
-      self.mlp_dim,
-      self.tap_after,
-      self.remat,
-      self.dtype,
-      self.param_dtype,
-      name='resblocks',
-    )(x)
+    return self.resblocks(x)
 
 
 class ClipVisionTransformer(nn.Module):
@@ -241,7 +225,7 @@ class ClipVisionTransformer(nn.Module):
     )
     tokens = tokens + pos.astype(tokens.dtype)
     tokens = layer_norm(dt, pdt, 'ln_pre', LN_EPSILON)(tokens).astype(x.dtype)
-    tap, final = Transformer(
+    resblocks = Resblocks(  # Unbound (parent=None): `Transformer` adopts it as `resblocks`.
       self.num_layers,
       self.num_heads,
       scale_channels(self.mlp_dim, self.width),
@@ -249,8 +233,9 @@ class ClipVisionTransformer(nn.Module):
       self.remat,
       dt,
       pdt,
-      name='transformer',
-    )(tokens)
+      parent=None,
+    )
+    tap, final = Transformer(resblocks, name='transformer')(tokens)
     final = layer_norm(dt, pdt, 'ln_post', LN_EPSILON)(final)
     proj = self.param('proj', std, (d, e), pdt)
     pooled = final[:, 0]

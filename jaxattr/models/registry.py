@@ -27,7 +27,7 @@ code path exist.
 
 Adding a family: its module (e.g. `jaxattr/models/regnet.py` with its Flax module,
 `create_regnet = backbone.creator(RegNet, regnet_fields)` and a tap-channel function),
-one `_FAMILIES` line and one `_TORCHVISION` line per architecture below.
+one `_FAMILIES` line and one `_TORCHVISION` (or `_OPENAI`) line per architecture below.
 """
 
 import dataclasses
@@ -208,21 +208,6 @@ _TORCHVISION = (
   ('convnext_base', 'convnext', 'classifier.2', 88_591_464, 'convnext_base-6075fbad.pth'),
 )
 
-for _name, _family, _head, _count, _file in _TORCHVISION:
-  _create, _taps, _adapt = _FAMILIES[_family]
-  register(
-    Backbone(
-      name=_name,
-      family=_family,
-      create=functools.partial(_create, _name),
-      tap_channels=functools.partial(_taps, _name),
-      head=_head,
-      num_params=_count,
-      url=TORCHVISION_URL + _file,
-      adapt_state_dict=_adapt,
-    )
-  )
-
 _CLIP_B16 = '5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt'
 _CLIP_L14 = 'b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt'
 # OpenAI's CLIP image towers: name, family, no ImageNet head (''), open_clip's parameter
@@ -232,18 +217,22 @@ _OPENAI = (
   ('clip_vit_l_14', 'clip', '', 303_966_208, _CLIP_L14),
 )
 
-for _name, _family, _head, _count, _file in _OPENAI:
-  _create, _taps, _adapt = _FAMILIES[_family]
-  register(
-    Backbone(
-      name=_name,
-      family=_family,
-      create=functools.partial(_create, _name),
-      tap_channels=functools.partial(_taps, _name),
-      head=_head,
-      num_params=_count,
-      url=OPENAI_URL + _file,
-      adapt_state_dict=_adapt,
-      publisher='openai',
+for _publisher, _folder, _table in (
+  ('torchvision', TORCHVISION_URL, _TORCHVISION),
+  ('openai', OPENAI_URL, _OPENAI),
+):
+  for _name, _family, _head, _count, _file in _table:
+    _create, _taps, _adapt = _FAMILIES[_family]
+    register(
+      Backbone(
+        name=_name,
+        family=_family,
+        create=functools.partial(_create, _name),
+        tap_channels=functools.partial(_taps, _name),
+        head=_head,
+        num_params=_count,
+        url=_folder + _file,
+        adapt_state_dict=_adapt,
+        publisher=_publisher,
+      )
     )
-  )
