@@ -8,9 +8,9 @@ Before any work the config is checked (`schema.validate`): every problem is
 printed on one line and the run stops with exit code 2, leaving the workdir
 untouched. Pretrained weights (`model.pretrained`) are then fetched, checked and
 converted (`pretrained.resolve`), also before the workdir is touched: a failure
-stops with one line and exit code 2 as well. Then the run takes the workdir's lock (one writer per folder; a second
-run on the folder stops naming the first) and compares its config with the one
-the folder records:
+stops with one line and exit code 2 as well. Then the run takes the workdir's lock
+(one writer per folder; a second run on the folder stops naming the first) and
+compares its config with the one the folder records:
 
   * no run there yet: a fresh start;
   * the same config: it resumes from the newest readable checkpoint;
@@ -36,8 +36,8 @@ others wait for it in that collective, so either all start or all stop.
 Exit codes: 0 = finished (results written); 143 / 130 = stopped by SIGTERM /
 SIGINT after checkpointing (run the same command again to resume); 2 = refused to
 start, nothing trained (an invalid config, weights that cannot be fetched or fail
-their checksum, a changed config, a workdir in use by another run or not writable); 1 = error (a data error or a damaged checkpoint
-prints one line naming the file).
+their checksum, a changed config, a workdir in use by another run or not writable);
+1 = error (a data error or a damaged checkpoint prints one line naming the file).
 """
 
 import os

@@ -386,7 +386,9 @@ def test_openai_names_and_sizes_are_checked_before_any_request(served_clip, tmp_
 
 
 def test_a_cached_file_is_checked_on_every_use(served_clip, tmp_path):
-  first = pretrained.resolve('openai:ViT-B-16', 'clip_vit_b_16', cache=tmp_path, url=served_clip.url)
+  first = pretrained.resolve(
+    'openai:ViT-B-16', 'clip_vit_b_16', cache=tmp_path, url=served_clip.url
+  )
   (download,) = _files(tmp_path / 'openai')
   data = bytearray(download.read_bytes())
   data[len(data) // 2] ^= 1  # Damaged after the download; the conversion is still there.
@@ -397,7 +399,9 @@ def test_a_cached_file_is_checked_on_every_use(served_clip, tmp_path):
   assert Path(first).is_dir() and len(served_clip.requests) == 1
 
 
-def test_each_weights_file_converts_into_its_own_folder(served, weights_file, tmp_path, monkeypatch):
+def test_each_weights_file_converts_into_its_own_folder(
+  served, weights_file, tmp_path, monkeypatch
+):
   """V1 and V2 of one arch: two folders, the first one untouched by the second."""
   name, _, _ = weights_file
   torch.manual_seed(1)
