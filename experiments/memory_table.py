@@ -1,8 +1,8 @@
 r"""XLA's compiled memory plan of the train step, per backbone, batch, dtype and remat.
 
-  nice -n 5 python -m experiments.memory_table --out=experiments/results/memory_table.md
+  nice -n 5 python -m experiments.memory_table --table_out=experiments/results/memory_table.md
   python -m experiments.memory_table --backbones=clip_vit_l_14 --batches=32 \
-      --dtypes=bfloat16 --remats=true --out=/tmp/one_row.md
+      --dtypes=bfloat16 --remats=true --table_out=/tmp/one_row.md
 
 For every combination of --backbones, --batches, --dtypes (compute dtype; parameters
 stay float32) and --remats (model.remat off / on), the paper's model (attention at
@@ -20,9 +20,13 @@ The compile is for this machine's backend, the CPU, as a proxy for a GPU: buffer
 sizes follow from the same HLO, but GPU compilers fuse and schedule differently
 (and cuDNN asks for workspace), so read the numbers as +-20 % estimates and leave
 headroom; the framework's own reserve (XLA's preallocation of 75 % of the GPU by
-default) is not in them. Each row is appended to --out as soon as it is compiled, so
-an interrupted run leaves the rows it finished; the header records the command, the
-commit and the machine.
+default) is not in them. Two places where the CPU is no proxy: XLA:CPU schedules
+remat's recomputation early, so its plan with remat keeps more, not less (the
+`residuals` column and `remat_estimate` give the GPU estimate instead), and it computes
+bfloat16 by converting to float32, so its bfloat16 plans are no smaller.
+
+Each row is appended to --table_out as soon as it is compiled, so an interrupted run
+leaves the rows it finished; the header records the command, the commit and the machine.
 """
 
 import datetime
@@ -53,8 +57,10 @@ _REMAT = flags.DEFINE_list('remats', ['false', 'true'], 'model.remat values.')
 # --image_size (224) and --num_classes (14, WIDER-Attribute) are bench_train's flags.
 _IMAGE_SIZE = bench_train._IMAGE_SIZE
 _NUM_CLASSES = bench_train._NUM_CLASSES
-_OUT = flags.DEFINE_string('out', None, 'Markdown file the table goes to (rows appended).')
-flags.mark_flag_as_required('out')
+_OUT = flags.DEFINE_string(
+  'table_out', None, 'Markdown file the table goes to (rows appended).'
+)
+flags.mark_flag_as_required('table_out')
 
 GB = 1e9
 GPU_SIZES_GB = (24, 40, 80)
