@@ -191,3 +191,17 @@ def test_clip_recipe_is_a_valid_config(arg):
   assert frozen == ('frozen' in arg)
   with pytest.raises(ValueError, match='clip_vit_l_14'):
     schema.load_recipe('clip').get_config('resnet50')
+
+
+def test_schema_checks_openai_names_against_the_backbone():
+  from jaxattr import schema
+
+  config = schema.load_recipe('clip').get_config('peta,clip_vit_b_16')
+  config.data.manual_dir = '/'
+  config.model.remat = True
+  config.model.pretrained = 'openai:ViT-L-14'
+  (problem,) = schema.validate(config, num_devices=1)
+  assert 'openai:ViT-L-14 are weights of clip_vit_l_14' in problem
+  config.model.pretrained = 'openai:ViT-B-32'
+  (problem,) = schema.validate(config, num_devices=1)
+  assert 'unknown CLIP model' in problem and 'openai:ViT-B-16' in problem
