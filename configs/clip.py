@@ -27,9 +27,9 @@ heads-only first stage (`train.freeze_backbone_epochs` 3); its half-rate SGD is
 PromptPAR's CLIP-side rate applied to the whole tower, jaxattr's choice, not a number
 a paper reports for full fine-tuning.
 
-Memory: which batch, dtype (`--config.model.dtype=bfloat16`) and remat
-(`--config.model.remat=True`) settings fit a 24, 40 or 80 GB GPU is in
-experiments/results/memory_table.md.
+Memory (experiments/results/memory_table.md, a CPU-compiled estimate): ViT-L/14 with
+the paper's heads at batch 32 needs about 36 GB (a 40 GB GPU), and about 7 GB with
+`--config.model.remat=True` (a 24 GB GPU); ViT-B/16 at batch 32 about 11 GB.
 """
 
 from jaxattr import schema
