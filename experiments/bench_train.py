@@ -3,6 +3,8 @@ r"""Speed of the real train and eval steps on this machine, and the method's ove
   python -m experiments.bench_train --backbone=resnet50 --batch=8 --image_size=224
   python -m experiments.bench_train --backbone=vit_b_16,swin_t,convnext_tiny,resnet50 \
       --batch=8 --image_size=224             # several backbones, one after another
+  python -m experiments.bench_train --backbone=resnet50,clip_vit_b_16,clip_vit_l_14 \
+      --batch=8 --image_size=224 --variants=full   # the CLIP towers beside ResNet-50
   python -m experiments.bench_train --backbone=resnet50 --batch=8 --image_size=224 \
       --compare_torch
   python -m experiments.bench_train --backbone=resnet50 --batch=8 --image_size=224 --pieces
@@ -22,9 +24,10 @@ the full / primary step-time ratio (the method's overhead). The variants run in
 alternating blocks of consecutive steps (see `time_in_blocks`), so load from other
 processes falls on both alike.
 
-Every registered backbone can be timed. With --compare_torch the same architecture
-(`tests/torch_reference.py`, NCHW, float32: the ResNets, DenseNets and ViT-B/16; Swin
-and ConvNeXt have no PyTorch attribute model there and are skipped) is timed in
+Every registered backbone can be timed, the CLIP towers (clip_vit_b_16, clip_vit_l_14)
+too. With --compare_torch the same architecture
+(`tests/torch_reference.py`, NCHW, float32: the ResNets, DenseNets and ViT-B/16; Swin,
+ConvNeXt and the CLIP towers have no PyTorch attribute model there and are skipped) is timed in
 PyTorch with as many threads as CPUs: train step = forward + BCE on the aggregated
 logits + backward + SGD (momentum, weight decay) step; eval = forward under
 `torch.inference_mode`. Then the JAX / PyTorch step-time ratios.
@@ -131,6 +134,38 @@ def time_calls(fn: Callable[[], object], steps: int) -> list[float]:
   return times
 
 
+def jit_train_step(config, model, num_classes: int, mesh: jax.sharding.Mesh):
+  """`train.train_step` jitted as `train.create_experiment` does (shardings, donation).
+
+  The class weights come from random positive ratios (seed 0); the schedule is 100 steps
+  per epoch.
+
+  Returns:
+    The jitted `step(state, batch) -> (state, metrics)`.
+  """
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  ratios = np.random.default_rng(0).uniform(0.03, 0.6, num_classes)
+  w_pos, w_neg = losses.class_weights(ratios, config.loss.class_weights)
+  step_fn = functools.partial(
+    train.train_step,
+    model=model,
+    config=config,
+    w_pos=jnp.asarray(w_pos, jnp.float32),
+    w_neg=jnp.asarray(w_neg, jnp.float32),
+    lr_fn=optim.make_lr_fn(config, 100),
+    steps_per_epoch=100,
+    num_sources=train.num_history_sources(config),
+    freeze_backbone=False,
+  )
+  return jax.jit(
+    step_fn,
+    in_shardings=(replicated, data_sharding),
+    out_shardings=(replicated, replicated),
+    donate_argnums=0,
+  )
+
+
 def build_jax(config, num_classes: int) -> dict:
   """Compiles the jitted train and eval steps of one config on random data.
 
@@ -145,25 +180,7 @@ def build_jax(config, num_classes: int) -> dict:
   model = model_lib.create_model(config.model, num_classes)
   state = train.create_train_state(config, model, NUM_TRAIN, num_classes, replicated)
   rng = np.random.default_rng(0)
-  ratios = rng.uniform(0.03, 0.6, num_classes)
-  w_pos, w_neg = losses.class_weights(ratios, config.loss.class_weights)
-  step_fn = functools.partial(
-    train.train_step,
-    model=model,
-    config=config,
-    w_pos=jnp.asarray(w_pos, jnp.float32),
-    w_neg=jnp.asarray(w_neg, jnp.float32),
-    lr_fn=optim.make_lr_fn(config, 100),
-    steps_per_epoch=100,
-    num_sources=train.num_history_sources(config),
-    freeze_backbone=False,
-  )
-  p_train = jax.jit(
-    step_fn,
-    in_shardings=(replicated, data_sharding),
-    out_shardings=(replicated, replicated),
-    donate_argnums=0,
-  )
+  p_train = jit_train_step(config, model, num_classes, mesh)
   p_eval = jax.jit(
     functools.partial(
       evaluation.eval_step,

@@ -2,6 +2,7 @@
 
   python -m jaxattr.convert --arch=resnet101 --input=resnet101-cd907fc2.pth --output=DIR
   python -m jaxattr.convert --arch=vit_b_16 --input=vit_b_16-c867db91.pth --output=DIR
+  python -m jaxattr.convert --arch=clip_vit_b_16 --input=ViT-B-16.pt --output=DIR
 
 (`--arch`: any name of `jaxattr.models.registry.BACKBONES`) reads a torchvision
 state dict (`.pth` / `.pt` with torch installed, `.safetensors` with the
@@ -20,7 +21,8 @@ weights (out, in) -> (in, out), any other 2-D tensor likewise (ViT's
 `in_proj_weight`); other tensors keep their shape. Before the rule runs, a family's
 `Backbone.adapt_state_dict` hook may rename or drop what the rule cannot map (old
 DenseNet files' `denselayer1.norm.1.weight`, renamed as torchvision's own loader
-does; Swin's constant `relative_position_index` buffers, checked and dropped).
+does; Swin's constant `relative_position_index` buffers, checked and dropped; a whole
+CLIP file's text tower, dropped by name, `jaxattr.models.clip.adapt_state_dict`).
 Nothing is guessed: a tensor without a Flax counterpart, a Flax variable without a
 tensor, or a shape that disagrees stops the conversion with a message naming every
 such tensor.
@@ -34,6 +36,8 @@ import hashlib
 import json
 import os
 import re
+import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -191,7 +195,7 @@ def torch_to_flax(
 
 
 def backbone_shapes(
-  arch: str, width: float = 1.0, num_classes: int | None = None
+  arch: str, width: float = 1.0, num_classes: int | None = None, depth: float = 1.0
 ) -> dict[str, Any]:
   """The variable shapes of a backbone, without allocating it.
 
@@ -199,14 +203,17 @@ def backbone_shapes(
     arch: a name of `ARCHS`.
     width: channel multiplier.
     num_classes: include the ImageNet head with this many classes; None = none.
+    depth: block multiplier (1.0 = the published architecture).
 
   Returns:
     `{'params': tree, 'batch_stats': tree}` of `jax.ShapeDtypeStruct`.
   """
-  _check_arch(arch)
-  model = registry.create_backbone(arch, width, num_classes=num_classes)
-  # 64 is a multiple of every family's patch and stride; shapes do not depend on it.
-  x = jnp.zeros((1, 64, 64, 3), jnp.float32)
+  entry = _check_arch(arch)
+  model = registry.create_backbone(arch, width, num_classes=num_classes, depth=depth)
+  # 64 is a multiple of every torchvision family's patch and stride, 224 of CLIP's 16 and
+  # 14; shapes do not depend on the size.
+  side = 224 if entry.family == 'clip' else 64
+  x = jnp.zeros((1, side, side, 3), jnp.float32)
   return jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
 
 
@@ -215,6 +222,7 @@ def convert_state_dict(
   state_dict: Mapping[str, Any],
   include_head: bool = False,
   width: float = 1.0,
+  depth: float = 1.0,
 ) -> Variables:
   """Converts a torchvision state dict of `arch` to the jaxattr backbone's variables.
 
@@ -225,6 +233,7 @@ def convert_state_dict(
       read from the file); by default it is dropped, and need not be in the file.
     width: channel multiplier of the architecture (1.0 = torchvision; tiny widths
       are for tests).
+    depth: block multiplier likewise.
 
   Returns:
     `{'params': ..., 'batch_stats': ...}` of float32 numpy arrays, structured like
@@ -247,8 +256,8 @@ def convert_state_dict(
     num_classes = int(head_weight.shape[0])
   else:
     state_dict = {k: v for k, v in state_dict.items() if not _under(k, head)}
-  expected = backbone_shapes(arch, width, num_classes)
-  return torch_to_flax(state_dict, expected, what=f'{arch} (width {width:g})')
+  expected = backbone_shapes(arch, width, num_classes, depth)
+  return torch_to_flax(state_dict, expected, what=f'{arch} (width {width:g}, depth {depth:g})')
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -268,7 +277,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   Args:
     path: the file. `.pth` files are read with `torch.load(map_location='cpu',
       weights_only=True)` (no code from the file runs); a top-level `state_dict`
-      entry, as training scripts save, is unwrapped.
+      entry, as training scripts save, is unwrapped. A TorchScript archive (OpenAI's
+      CLIP `.pt` files) is read with `torch.jit.load` and its `state_dict()` taken.
 
   Returns:
     torch key -> numpy array.
@@ -287,7 +297,14 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         f'Reading {path.name} needs torch (pip install torch, or jaxattr[torch]); '
         'or save the state dict as .npz elsewhere and convert that.'
       ) from e
-    loaded = torch.load(path, map_location='cpu', weights_only=True)
+    if _is_torchscript(path):
+      # OpenAI's CLIP files are TorchScript archives, read as OpenAI's `clip.load` does;
+      # torch deprecates TorchScript (for torch.export) but still reads it.
+      with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', category=DeprecationWarning, module=r'torch\.jit')
+        loaded = torch.jit.load(str(path), map_location='cpu').state_dict()
+    else:
+      loaded = torch.load(path, map_location='cpu', weights_only=True)
     if isinstance(loaded, Mapping) and 'state_dict' in loaded:
       loaded = loaded['state_dict']
   elif suffix == '.safetensors':
@@ -304,6 +321,14 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   if not isinstance(loaded, Mapping):
     raise ValueError(f'{path} holds a {type(loaded).__name__}, not a state dict.')
   return {str(k): _to_numpy(v) for k, v in loaded.items()}
+
+
+def _is_torchscript(path: Path) -> bool:
+  """Whether `path` is a TorchScript archive (a zip holding `<name>/constants.pkl`)."""
+  if not zipfile.is_zipfile(path):
+    return False
+  with zipfile.ZipFile(path) as archive:
+    return any(name.endswith('/constants.pkl') for name in archive.namelist())
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -6,9 +6,11 @@ r"""Trains and evaluates a jaxattr model.
 
 Before any work the config is checked (`schema.validate`): every problem is
 printed on one line and the run stops with exit code 2, leaving the workdir
-untouched. Then the run takes the workdir's lock (one writer per folder; a second
-run on the folder stops naming the first) and compares its config with the one
-the folder records:
+untouched. Pretrained weights (`model.pretrained`) are then fetched, checked and
+converted (`pretrained.resolve`), also before the workdir is touched: a failure
+stops with one line and exit code 2 as well. Then the run takes the workdir's lock
+(one writer per folder; a second run on the folder stops naming the first) and
+compares its config with the one the folder records:
 
   * no run there yet: a fresh start;
   * the same config: it resumes from the newest readable checkpoint;
@@ -33,9 +35,9 @@ others wait for it in that collective, so either all start or all stop.
 
 Exit codes: 0 = finished (results written); 143 / 130 = stopped by SIGTERM /
 SIGINT after checkpointing (run the same command again to resume); 2 = refused to
-start, nothing trained (an invalid config, a changed config, a workdir in use by
-another run or not writable); 1 = error (a data error or a damaged checkpoint
-prints one line naming the file).
+start, nothing trained (an invalid config, weights that cannot be fetched or fail
+their checksum, a changed config, a workdir in use by another run or not writable);
+1 = error (a data error or a damaged checkpoint prints one line naming the file).
 """
 
 import os
@@ -103,6 +105,27 @@ def _claim_workdir(workdir: Path, config, allow_change: bool):
   return held, ''
 
 
+def _resolve_weights_or_refuse(config) -> None:
+  """Fetches, checks and converts `model.pretrained` before the workdir is touched.
+
+  Every process does it (each host has its own cache; processes on one host take
+  turns). A wrong spec, a failed download or a checksum mismatch refuses the run like
+  an invalid config: one line, exit code 2, nothing written to the workdir. The
+  training loop's own `pretrained.resolve` then finds the converted weights cached.
+  """
+  if not config.model.pretrained:
+    return
+  from jaxattr import pretrained
+
+  model = config.model
+  try:
+    pretrained.resolve(model.pretrained, model.backbone, model.width, model.depth)
+  except pretrained.PretrainedError as e:
+    sys.stderr.write(f'jaxattr.main: {e}\n')
+    sys.stderr.flush()
+    raise SystemExit(REFUSED) from e
+
+
 def main(argv):
   del argv
   # TensorFlow only feeds the input pipeline: keep it off the accelerators.
@@ -140,6 +163,7 @@ def main(argv):
   # Every process checks (they hold the same config), before the workdir is touched.
   problems = schema.validate(FLAGS.config, num_devices=jax.device_count())
   config_validation.exit_if_problems(problems, 'jaxattr.main')
+  _resolve_weights_or_refuse(FLAGS.config)
 
   workdir = Path(os.path.expanduser(FLAGS.workdir))
   held, refusal = None, ''

@@ -188,6 +188,17 @@ def _pretrained(name, value, config, _):
       f"unasked; use '{PUBLISHED}' (its ImageNet weights; offline: docs/pretrained.md), "
       f"a converted folder, or '{SCRATCH}' to train from random weights on purpose"
     )
+  if value.startswith('openai:'):  # OpenAI's CLIP files: `jaxattr.pretrained` checks the name.
+    from jaxattr import pretrained
+
+    names = pretrained.openai_names()
+    arch = names.get(value[len('openai:') :])
+    if arch is None:
+      return f'{name}: {value}: unknown CLIP model; known: openai:{", openai:".join(names)}'
+    backbone = _get(config, 'model.backbone')
+    if arch != backbone:
+      return f'{name}: {value} are weights of {arch}, but config.model.backbone is {backbone}'
+    return None
   prefix = 'torchvision:'
   if not value.startswith(prefix):
     if Path(value).expanduser().exists():
@@ -485,6 +496,9 @@ FIELDS: dict[str, Field] = {
   'model.depth': Field(1.0, number(0, 1, open_low=True), _depth_fixed),
   # Compute dtype ('bfloat16': mixed precision).
   'model.dtype': Field('float32', then(choice(_dtypes), _compute_dtype)),
+  # Recompute each backbone block's activations in the backward pass (`nn.remat`): the same
+  # gradients in less memory, for about one more forward pass (docs: memory_table.md).
+  'model.remat': Field(False, boolean()),
   'model.param_dtype': Field(
     'float32', then(choice(_dtypes), _param_dtype), 'the checkpoint holds parameters of this dtype'
   ),

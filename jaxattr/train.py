@@ -264,24 +264,19 @@ def train_step(
   return new_state, step_metrics
 
 
-def create_train_state(
-  config: ml_collections.ConfigDict,
-  model: nn.Module,
-  num_train: int,
-  num_classes: int,
-  sharding: jax.sharding.Sharding,
-) -> TrainState:
-  """A fresh train state, placed with `sharding` (replicated).
+def train_state_init(
+  config: ml_collections.ConfigDict, model: nn.Module, num_train: int, num_classes: int
+) -> Callable[[], TrainState]:
+  """The pure function that builds a fresh train state (`jax.eval_shape` gives its shapes).
 
   Args:
     config: the run config.
     model: the attribute model.
     num_train: examples in the train split (rows of the history).
     num_classes: attributes.
-    sharding: where the state goes.
 
   Returns:
-    The state at step 0.
+    `init()` -> the state at step 0, unplaced.
   """
   size = config.data.image_size
   num_sources = num_history_sources(config)
@@ -308,6 +303,29 @@ def create_train_state(
       ema={'params': params, 'batch_stats': batch_stats} if config.train.ema_decay else {},
     )
 
+  return init
+
+
+def create_train_state(
+  config: ml_collections.ConfigDict,
+  model: nn.Module,
+  num_train: int,
+  num_classes: int,
+  sharding: jax.sharding.Sharding,
+) -> TrainState:
+  """A fresh train state, placed with `sharding` (replicated).
+
+  Args:
+    config: the run config.
+    model: the attribute model.
+    num_train: examples in the train split (rows of the history).
+    num_classes: attributes.
+    sharding: where the state goes.
+
+  Returns:
+    The state at step 0.
+  """
+  init = train_state_init(config, model, num_train, num_classes)
   lowered = jax.jit(init, out_shardings=sharding).lower()
   # XLA:CPU compiles the init's many random streams (one threefry per parameter)
   # slowly at LLVM's default -O2: 25 s for configs/test.py's model, 6 s at -O1, with

@@ -199,7 +199,7 @@ def test_add_runs_is_seed_major():
 # The experiments/ files this test vouches for: scripts run as modules (their
 # docstrings say so) and nothing edits the import path.
 SCRIPTS = ('launch', 'summarize', 'bench_input', 'bench_metrics', 'bench_synthetic')
-SCRIPTS += ('stress_preemption', 'bench_train', 'localisation')
+SCRIPTS += ('stress_preemption', 'bench_train', 'localisation', 'memory_table')
 MODULES = ('sweeps', 'wider_table2', 'peta_table4')
 
 
@@ -520,3 +520,42 @@ def test_bench_train_prints_every_figure():
   for level in (3, 4):
     assert f'stage {level} attention classifier: forward' in out
     assert re.search(rf'stage {level} \d+x\d+ full-spatial conv 32->32 as matmul: forward', out)
+
+
+# --- memory_table ---------------------------------------------------------------------
+
+
+def test_memory_table_remat_estimate_and_fits_by_hand():
+  from experiments import memory_table
+
+  # Remat keeps 2 of 10 GB of residuals; XLA kept 6 GB of temporaries without remat:
+  # at least the 2 kept, and at least 6 - (10 - 2) = -2: 1 + 2 = 3.
+  assert memory_table.remat_estimate(1.0, 6.0, 10.0, 2.0) == 3.0
+  # Residuals XLA keeps almost whole: 12 - (10 - 2) = 4 decides.
+  assert memory_table.remat_estimate(1.0, 12.0, 10.0, 2.0) == 5.0
+  assert memory_table.fits(21.6) == '24, 40, 80'
+  assert memory_table.fits(21.7) == '40, 80'
+  assert memory_table.fits(80.0) == 'none'
+
+
+@pytest.mark.slow
+def test_memory_table_writes_a_row_per_setting(tmp_path):
+  out = tmp_path / 'table.md'
+  _run_module(
+    'experiments.memory_table',
+    '--backbones=resnet18',
+    '--batches=2',
+    '--dtypes=float32',
+    '--remats=false,true',
+    '--image_size=64',
+    f'--table_out={out}',
+    timeout=600,
+  )
+  lines = out.read_text().splitlines()
+  rows = [line.split(' | ') for line in lines if line.startswith('| resnet18')]
+  assert [(r[3], r[1]) for r in rows] == [('off', '2'), ('on', '2')]
+  for row in rows:
+    arguments, outputs, aliased, temporaries, peak = map(float, row[4:9])
+    assert abs(arguments + outputs - aliased + temporaries - peak) <= 0.011
+  # With remat the traced residuals (what the backward keeps) shrink.
+  assert float(rows[1][9]) < float(rows[0][9])

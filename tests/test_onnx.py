@@ -26,13 +26,14 @@ from tests.conftest import REPO, run_tool, tool_env
 from tests.test_tools import assert_json_records_match, direct, images, run  # noqa: F401
 
 # family -> (registered architecture, width, depth) at 64x64: the test configs' sizes
-# (configs/test.py's ResNet-18; tests/test_backbones_train.py's ViT, Swin, ConvNeXt).
+# (configs/test.py's ResNet-18; tests/test_backbones_train.py's ViT, Swin, ConvNeXt, CLIP).
 FAMILIES = {
   'resnet': ('resnet18', 1 / 16, 1.0),
   'densenet': ('densenet121', 1 / 16, 1 / 4),
   'vit': ('vit_b_16', 1 / 16, 1 / 4),
   'swin': ('swin_t', 1 / 8, 1 / 4),
   'convnext': ('convnext_tiny', 1 / 16, 1 / 4),
+  'clip': ('clip_vit_b_16', 1 / 16, 1 / 4),
 }
 HEADER = {'attribute_names': ['a', 'b', 'c'], 'image_size': 64, 'thresholds': [0.5] * 3}
 

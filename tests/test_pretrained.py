@@ -1,10 +1,13 @@
-"""Tests for jaxattr/pretrained.py: `torchvision:ARCH` fetched from a local HTTP server.
+"""Tests for jaxattr/pretrained.py: `torchvision:ARCH` / `openai:NAME` from a local HTTP server.
 
 Nothing here reaches the internet: a `http.server` on 127.0.0.1 (random free port)
 serves a random resnet18 state dict (`torch_reference`, torchvision's names and
 shapes, saved with `torch.save`: 47 MB, the smallest registered arch at torchvision's
 width) under a torchvision-style name carrying the first hex digits of its true
-sha256, and the registry's resnet18 entry is pointed at that name.
+sha256, and the registry's resnet18 entry is pointed at that name. OpenAI's CLIP
+files are stood in for by a TorchScript archive of a whole CLIP model (open_clip's image
+tower at test size beside text-tower tensors) served at `<sha256>/ViT-B-16.pt`, the
+registry's clip_vit_b_16 entry pointed at it and at the test-size tower.
 """
 
 import dataclasses
@@ -13,9 +16,11 @@ import http.server
 import io
 import re
 import socket
+import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -24,8 +29,9 @@ import pytest
 import torch
 
 from jaxattr import convert, pretrained
-from jaxattr.models import registry
+from jaxattr.models import clip, registry
 from tests import torch_reference
+from tests.conftest import REPO, tool_env
 
 
 class _Server:
@@ -244,9 +250,202 @@ def test_a_directory_is_returned_unchanged(tmp_path):
 
 
 def test_every_registered_arch_has_torchvision_weights_with_a_sha256_prefix():
-  for arch in registry.BACKBONES:
+  for arch in (n for n, b in registry.BACKBONES.items() if b.publisher == 'torchvision'):
     assert pretrained.available(arch)[0] == 'IMAGENET1K_V1'
     for weights in pretrained.available(arch):
       url = pretrained.weights_url(arch, weights)
       assert re.fullmatch(rf'https://download\.pytorch\.org/models/{arch}-[0-9a-f]{{8}}\.pth', url)
   assert set(pretrained.MORE_WEIGHTS) <= set(registry.BACKBONES)
+
+
+# --- openai:NAME (OpenAI's CLIP files), 'published', 'scratch', the cache's rules -------
+
+CLIP_WIDTH, CLIP_DEPTH = 1 / 16, 0.25
+
+
+@pytest.fixture(scope='module')
+def clip_file() -> tuple[str, bytes, dict[str, np.ndarray]]:
+  """(sha256, TorchScript bytes, state dict) of a whole CLIP model as OpenAI saves it.
+
+  open_clip's image tower at test size under `visual`, beside text-tower tensors the
+  converter must drop by name, traced to a TorchScript archive like OpenAI's `.pt`.
+  """
+  from tests import open_clip_reference
+
+  class Clip(torch.nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.visual = open_clip_reference.vision_transformer('clip_vit_b_16', CLIP_WIDTH, 3)
+      self.token_embedding = torch.nn.Embedding(10, 8)
+      self.positional_embedding = torch.nn.Parameter(torch.randn(77, 8))
+      self.text_projection = torch.nn.Parameter(torch.randn(8, 4))
+
+    def forward(self, images):
+      return self.visual(images)
+
+  torch.manual_seed(1)
+  model = Clip().eval()
+  open_clip_reference.randomize_(model.visual)
+  buffer = io.BytesIO()
+  with warnings.catch_warnings():
+    # The tracer's notes on Python control flow, and torch's deprecation of TorchScript:
+    # OpenAI's files are TorchScript all the same.
+    warnings.simplefilter('ignore')
+    traced = torch.jit.trace(model, torch.zeros(1, 3, 224, 224), check_trace=False)
+    torch.jit.save(traced, buffer)
+  data = buffer.getvalue()
+  state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+  return hashlib.sha256(data).hexdigest(), data, state
+
+
+@pytest.fixture
+def served_clip(server, clip_file, monkeypatch):
+  """The file served as OpenAI's ViT-B-16.pt; the registry's tower is the test-size one."""
+  sha, data, _ = clip_file
+  server.files[f'/models/{sha}/ViT-B-16.pt'] = data
+  entry = registry.BACKBONES['clip_vit_b_16']
+
+  def create_test_size(width=1.0, **options):
+    del width  # The file's tower: 1/16 width, 3 blocks.
+    return clip.create_clip('clip_vit_b_16', CLIP_WIDTH, **{**options, 'depth': CLIP_DEPTH})
+
+  monkeypatch.setitem(
+    registry.BACKBONES,
+    'clip_vit_b_16',
+    dataclasses.replace(
+      entry, url=f'{registry.OPENAI_URL}{sha}/ViT-B-16.pt', create=create_test_size
+    ),
+  )
+  return server
+
+
+def test_openai_download_convert_then_cached(served_clip, clip_file, tmp_path, monkeypatch):
+  sha, data, state = clip_file
+  monkeypatch.setenv('JAXATTR_CACHE', str(tmp_path / 'cache'))
+  monkeypatch.setenv('JAXATTR_OPENAI_URL', served_clip.url)
+  path = Path(pretrained.resolve('openai:ViT-B-16', 'clip_vit_b_16'))
+  request = f'/models/{sha}/ViT-B-16.pt'
+  assert served_clip.requests == [request]
+  assert path == tmp_path / 'cache' / 'converted' / f'ViT-B-16-{sha[:8]}'
+  assert (tmp_path / 'cache' / 'openai' / f'ViT-B-16-{sha[:8]}.pt').read_bytes() == data
+
+  params = convert.load_backbone(path)['params']
+  # Against the file's own tensors: the text tower's `positional_embedding` is not the
+  # image tower's, and the untransposed [1 + N, D] / [D, E] tensors keep torch's layout.
+  np.testing.assert_array_equal(
+    params['positional_embedding'], state['visual.positional_embedding']
+  )
+  np.testing.assert_array_equal(params['proj'], state['visual.proj'])
+  np.testing.assert_array_equal(
+    params['transformer']['resblocks']['2']['mlp']['c_proj']['kernel'],
+    state['visual.transformer.resblocks.2.mlp.c_proj.weight'].T,
+  )
+  assert convert.load_meta(path)['sha256'] == sha
+
+  # Cached: no request, and 'published' names the same file for a CLIP tower.
+  served_clip.files.clear()
+  assert Path(pretrained.resolve('published', 'clip_vit_b_16')) == path
+  assert Path(pretrained.resolve('openai:ViT-B-16', 'clip_vit_b_16')) == path
+  assert served_clip.requests == [request]
+
+
+def test_openai_checksum_mismatch_caches_nothing(server, clip_file, tmp_path, monkeypatch):
+  sha, data, _ = clip_file
+  entry = registry.BACKBONES['clip_vit_b_16']
+  server.files[f'/models/{sha}/ViT-B-16.pt'] = data[:-1] + bytes([data[-1] ^ 1])
+  monkeypatch.setitem(
+    registry.BACKBONES,
+    'clip_vit_b_16',
+    dataclasses.replace(entry, url=f'{registry.OPENAI_URL}{sha}/ViT-B-16.pt'),
+  )
+  with pytest.raises(pretrained.PretrainedError) as e:
+    pretrained.resolve('openai:ViT-B-16', 'clip_vit_b_16', cache=tmp_path, url=server.url)
+  _one_line_error(e, f'{server.url}/{sha}/ViT-B-16.pt', sha, '--arch=clip_vit_b_16')
+  assert _files(tmp_path / 'openai') == [] and _files(tmp_path / 'converted') == []
+
+
+def test_openai_unreachable_host_fails_fast(served_clip, tmp_path):
+  url = f'http://127.0.0.1:{_free_closed_port()}/models'
+  with pytest.raises(pretrained.PretrainedError) as e:
+    pretrained.resolve('openai:ViT-B-16', 'clip_vit_b_16', cache=tmp_path, url=url, timeout_s=5)
+  _one_line_error(e, f'{url}/', 'ViT-B-16.pt', 'refused', 'by hand')
+  assert _files(tmp_path / 'openai') == []
+
+
+def test_openai_names_and_sizes_are_checked_before_any_request(served_clip, tmp_path):
+  for spec, backbone, width, words in [
+    ('openai:ViT-B-32', 'clip_vit_b_16', 1.0, 'unknown CLIP model'),
+    ('openai:ViT-L-14', 'clip_vit_b_16', 1.0, '--config.model.backbone=clip_vit_l_14'),
+    ('openai:ViT-B-16', 'clip_vit_b_16', 0.5, '--config.model.width=1.0'),
+    ('torchvision:clip_vit_b_16', 'clip_vit_b_16', 1.0, 'openai:ViT-B-16'),
+  ]:
+    with pytest.raises(pretrained.PretrainedError) as e:
+      pretrained.resolve(spec, backbone, width, cache=tmp_path, url=served_clip.url)
+    _one_line_error(e, spec, words)
+  assert served_clip.requests == []
+
+
+def test_a_cached_file_is_checked_on_every_use(served_clip, tmp_path):
+  first = pretrained.resolve(
+    'openai:ViT-B-16', 'clip_vit_b_16', cache=tmp_path, url=served_clip.url
+  )
+  (download,) = _files(tmp_path / 'openai')
+  data = bytearray(download.read_bytes())
+  data[len(data) // 2] ^= 1  # Damaged after the download; the conversion is still there.
+  download.write_bytes(bytes(data))
+  with pytest.raises(pretrained.PretrainedError) as e:
+    pretrained.resolve('openai:ViT-B-16', 'clip_vit_b_16', cache=tmp_path, url=served_clip.url)
+  _one_line_error(e, str(download), 'delete it')
+  assert Path(first).is_dir() and len(served_clip.requests) == 1
+
+
+def test_each_weights_file_converts_into_its_own_folder(
+  served, weights_file, tmp_path, monkeypatch
+):
+  """V1 and V2 of one arch: two folders, the first one untouched by the second."""
+  name, _, _ = weights_file
+  torch.manual_seed(1)
+  buffer = io.BytesIO()
+  torch.save(torch_reference.create_backbone('resnet18').state_dict(), buffer)
+  v2 = buffer.getvalue()
+  v2_name = f'resnet18-{hashlib.sha256(v2).hexdigest()[:8]}.pth'
+  served.files[f'/models/{v2_name}'] = v2
+  monkeypatch.setitem(pretrained.MORE_WEIGHTS, 'resnet18', {'IMAGENET1K_V2': v2_name})
+  one = Path(_resolve(tmp_path, served.url))
+  before = (one / convert.BACKBONE_FILE).read_bytes()
+  two = Path(_resolve(tmp_path, served.url, 'torchvision:resnet18:IMAGENET1K_V2'))
+  assert one.name == name.removesuffix('.pth') and two.name == v2_name.removesuffix('.pth')
+  assert (one / convert.BACKBONE_FILE).read_bytes() == before
+  assert convert.load_meta(two)['source'] == v2_name
+
+
+def test_scratch_is_random_init_and_published_is_the_backbones_own():
+  assert pretrained.resolve('scratch', 'resnet50') is None
+  assert pretrained.resolve('', 'resnet50') is None
+  assert pretrained.published_spec('resnet50') == 'torchvision:resnet50'
+  assert pretrained.published_spec('clip_vit_l_14') == 'openai:ViT-L-14'
+  state = object()
+  assert pretrained.load_into(state, None) is state
+
+
+def test_main_refuses_weights_it_cannot_use_before_touching_the_workdir(tmp_path):
+  """torchvision weights for the test config's 1/16-width backbone: exit 2, no workdir."""
+  workdir = tmp_path / 'run'
+  result = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'jaxattr.main',
+      '--config=configs/test.py',
+      f'--workdir={workdir}',
+      '--config.model.pretrained=torchvision:resnet18',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=tool_env(JAXATTR_CACHE=str(tmp_path / 'cache')),
+  )
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert '--config.model.width=1.0' in result.stderr
+  assert not workdir.exists()

@@ -86,3 +86,25 @@ def float32_avg_pool(k2: Array) -> Array:
   backbone still gives the attribute model's primary classifier a float32 input.
   """
   return jnp.mean(k2.astype(jnp.promote_types(k2.dtype, jnp.float32)), axis=(1, 2))
+
+
+def remat_block(block: type[nn.Module], remat: bool, has_train: bool = True) -> type[nn.Module]:
+  """`block`, or `nn.remat(block)` when `remat`: the backbones' `model.remat` switch.
+
+  A rematerialised block keeps only its input for the backward pass and recomputes its
+  activations there: the train step's peak memory falls to about one block's
+  activations plus the blocks' inputs, for about one more forward pass of compute. The
+  parameter tree and the maths are unchanged.
+
+  Args:
+    block: a Flax module class called as `block(...)(x, train)` or `(x)`.
+    remat: whether to rematerialise.
+    has_train: the call takes the Python bool `train` after `x` (static under remat).
+
+  Returns:
+    The class to instantiate in place of `block`.
+  """
+  if not remat:
+    return block
+  # nn.remat counts the module itself as argument 0: `train` is argument 2.
+  return nn.remat(block, static_argnums=(2,) if has_train else ())

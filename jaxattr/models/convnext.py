@@ -46,7 +46,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxattr.models.backbone import creator, float32_avg_pool, linear
+from jaxattr.models.backbone import creator, float32_avg_pool, linear, remat_block
 from jaxattr.models.resnet import scale_blocks, scale_channels
 from jaxattr.models.swin import block_drop_rates, stochastic_depth
 
@@ -166,13 +166,15 @@ class ConvNeXtStage(nn.Module):
   """CNBlocks '0', '1', ..."""
 
   drop_rates: Sequence[float]
+  remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
+    block = remat_block(CNBlock, self.remat)
     for i, rate in enumerate(self.drop_rates):
-      x = CNBlock(rate, self.dtype, self.param_dtype, name=str(i))(x, train)
+      x = block(rate, self.dtype, self.param_dtype, name=str(i))(x, train)
     return x
 
 
@@ -208,6 +210,7 @@ class ConvNeXtFeatures(nn.Module):
   channels: Sequence[int]
   depths: Sequence[int]
   stochastic_depth_prob: float = 0.0
+  remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -219,7 +222,7 @@ class ConvNeXtFeatures(nn.Module):
     k1 = None
     last = len(self.depths) - 1
     for i in range(len(self.depths)):
-      x = ConvNeXtStage(rates[i], dt, pdt, name=str(2 * i + 1))(x, train)
+      x = ConvNeXtStage(rates[i], self.remat, dt, pdt, name=str(2 * i + 1))(x, train)
       if i == last - 1:
         k1 = x
       if i < last:
@@ -252,6 +255,7 @@ class ConvNeXt(nn.Module):
     depths: blocks per stage.
     num_classes: if set, adds torchvision's `classifier.2` and returns `'logits'`.
     stochastic_depth_prob: the last block's drop rate in training (0 = off).
+    remat: rematerialise each block in the backward pass (`backbone.remat_block`).
     dtype: compute dtype.
     param_dtype: parameter dtype.
   """
@@ -260,6 +264,7 @@ class ConvNeXt(nn.Module):
   depths: Sequence[int]
   num_classes: int | None = None
   stochastic_depth_prob: float = 0.0
+  remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -271,6 +276,7 @@ class ConvNeXt(nn.Module):
       tuple(self.channels),
       tuple(self.depths),
       self.stochastic_depth_prob,
+      self.remat,
       self.dtype,
       self.param_dtype,
       name='features',

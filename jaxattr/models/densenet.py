@@ -37,7 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxattr.models.backbone import creator, float32_avg_pool, linear
+from jaxattr.models.backbone import creator, float32_avg_pool, linear, remat_block
 from jaxattr.models.resnet import (
   batch_norm,
   global_avg_pool,
@@ -124,13 +124,15 @@ class DenseBlock(nn.Module):
   num_layers: int
   growth_rate: int
   bottleneck: int
+  remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
+    layer = remat_block(DenseLayer, self.remat)
     for i in range(self.num_layers):
-      y = DenseLayer(
+      y = layer(
         self.growth_rate, self.bottleneck, self.dtype, self.param_dtype, name=f'denselayer{i + 1}'
       )(x, train)
       x = jnp.concatenate([x, y], axis=-1)
@@ -158,6 +160,7 @@ class DenseNetFeatures(nn.Module):
   block_config: Sequence[int]
   num_init_features: int
   bottleneck: int
+  remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -181,7 +184,13 @@ class DenseNetFeatures(nn.Module):
     last = len(self.block_config) - 1
     for i, num_layers in enumerate(self.block_config):
       x = DenseBlock(
-        num_layers, self.growth_rate, self.bottleneck, dt, pdt, name=f'denseblock{i + 1}'
+        num_layers,
+        self.growth_rate,
+        self.bottleneck,
+        self.remat,
+        dt,
+        pdt,
+        name=f'denseblock{i + 1}',
       )(x, train)
       if i == last - 1:
         taps['k1'] = x
@@ -247,6 +256,7 @@ class DenseNet(nn.Module):
     bn_size: bottleneck multiplier: the 1x1 conv has `bn_size * growth_rate` outputs.
     width: channel multiplier (1.0 = torchvision).
     num_classes: if set, adds torchvision's `classifier` and returns `'logits'`.
+    remat: rematerialise each dense layer in the backward pass (`backbone.remat_block`).
     dtype: compute dtype.
     param_dtype: parameter dtype.
   """
@@ -257,6 +267,7 @@ class DenseNet(nn.Module):
   bn_size: int = 4
   width: float = 1.0
   num_classes: int | None = None
+  remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -269,6 +280,7 @@ class DenseNet(nn.Module):
       block_config=tuple(self.block_config),
       num_init_features=scale_channels(self.num_init_features, self.width),
       bottleneck=scale_channels(self.bn_size * self.growth_rate, self.width),
+      remat=self.remat,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       name='features',

@@ -101,6 +101,8 @@ class AttributeModel(nn.Module):
     confidence_weighting: use the confidence branch (else s = 1).
     mask_channels: hidden width of the mask branch (before `width`).
     classifier_channels: conv widths of the attention classifier (before `width`).
+    remat: rematerialise each backbone block in the backward pass (less memory, about
+      one more forward pass of compute; same parameters and gradients).
     dtype: compute dtype.
     param_dtype: parameter dtype.
     drop_path_rate: the backbone's stochastic depth in training (0 = off; a family of
@@ -116,6 +118,7 @@ class AttributeModel(nn.Module):
   confidence_weighting: bool = True
   mask_channels: int = 256
   classifier_channels: Sequence[int] = (256, 512, 512)
+  remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   drop_path_rate: float = 0.0
@@ -146,6 +149,7 @@ class AttributeModel(nn.Module):
       module_name='backbone',
       depth=self.depth,
       **({'stochastic_depth_prob': self.drop_path_rate} if self.drop_path_rate else {}),
+      remat=self.remat,
     )
     taps = backbone(images, train=train and not freeze_backbone)
     if freeze_backbone:
@@ -228,8 +232,8 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> n
   """The `AttributeModel` described by `config.model`.
 
   Args:
-    model_config: `config.model` of configs/default.py (backbone, width, depth, dtype,
-      param_dtype, drop_path_rate, attention.{levels, aggregation, confidence_weighting,
+    model_config: `config.model` of configs/default.py (backbone, width, depth, remat,
+      dtype, param_dtype, drop_path_rate, attention.{levels, aggregation, confidence_weighting,
       mask_channels, classifier_channels}).
     num_classes: number of attributes C.
 
@@ -255,6 +259,7 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> n
     confidence_weighting=bool(attention.confidence_weighting),
     mask_channels=int(attention.mask_channels),
     classifier_channels=tuple(int(c) for c in attention.classifier_channels),
+    remat=bool(model_config.get('remat', False)),  # Runs saved before `remat`: off.
     dtype=jnp.dtype(model_config.dtype),
     param_dtype=jnp.dtype(model_config.param_dtype),
     drop_path_rate=float(model_config.get('drop_path_rate', 0.0)),  # Runs saved before it: off.

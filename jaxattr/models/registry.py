@@ -18,6 +18,7 @@ depth)` (`backbone.creator` builds it for every family) returns a Flax module wh
                              average after `classifier.0`'s LayerNorm; ViT: the
                              class token after the final norm)
   'logits'  [B, num_classes] only when `num_classes` is set, float32
+  'embedding' [B, E]         CLIP towers only: the projected class token
 
 whose parameter tree follows the torchvision state dict by the naming rule of
 `resnet.py`, and whose `width` scales channel counts and `depth` the blocks of every
@@ -26,7 +27,7 @@ code path exist.
 
 Adding a family: its module (e.g. `jaxattr/models/regnet.py` with its Flax module,
 `create_regnet = backbone.creator(RegNet, regnet_fields)` and a tap-channel function),
-one `_FAMILIES` line and one `_TORCHVISION` line per architecture below.
+one `_FAMILIES` line and one `_TORCHVISION` (or `_OPENAI`) line per architecture below.
 """
 
 import dataclasses
@@ -37,11 +38,13 @@ from typing import Any
 import flax.linen as nn
 import numpy as np
 
-from jaxattr.models import convnext, densenet, resnet, swin, vit
+from jaxattr.models import clip, convnext, densenet, resnet, swin, vit
 
 StateDict = dict[str, np.ndarray]
 
 TORCHVISION_URL = 'https://download.pytorch.org/models/'
+# OpenAI's CLIP files: `<folder>/<the file's full sha256>/<name>.pt`.
+OPENAI_URL = 'https://openaipublic.azureedge.net/clip/models/'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,19 +52,24 @@ class Backbone:
   """One registered architecture.
 
   Attributes:
-    name: torchvision's model name, e.g. 'resnet101', 'vit_b_16'.
-    family: the module it comes from ('resnet', 'densenet', 'vit', 'swin', 'convnext');
-      configs pick a training recipe by it.
+    name: torchvision's model name, e.g. 'resnet101', 'vit_b_16' (CLIP towers:
+      'clip_vit_b_16', 'clip_vit_l_14').
+    family: the module it comes from ('resnet', 'densenet', 'vit', 'swin', 'convnext',
+      'clip'); configs pick a training recipe by it.
     create: `create(width=1.0, dtype=float32, param_dtype=float32, num_classes=None,
       module_name=None, depth=1.0)` -> the Flax module (see the module docstring).
     tap_channels: `tap_channels(width, depth=1.0)` -> `(C1, C2)` of `k1` and `k2`.
     head: torchvision's state-dict prefix of the ImageNet classifier's Linear ('fc',
       'classifier', 'heads.head', 'head', 'classifier.2'): the converter drops it
       unless asked; whatever precedes it (ConvNeXt's `classifier.0` LayerNorm)
-      belongs to the backbone and feeds `pooled`.
-    num_params: torchvision's published parameter count (with the 1000-class head).
+      belongs to the backbone and feeds `pooled`. '' = none (CLIP towers).
+    num_params: torchvision's published parameter count (with the 1000-class head);
+      for CLIP, open_clip's count of the image tower (with `proj`).
     url: torchvision's IMAGENET1K_V1 weights; the hex digits after the last '-' of
-      the file name start the file's sha256.
+      the file name start the file's sha256. CLIP: OpenAI's file, whose folder is
+      the file's full sha256.
+    publisher: who publishes the weights at `url`: 'torchvision' or 'openai' (the
+      prefix of `--config.model.pretrained`).
     adapt_state_dict: optional `fn(state_dict) -> state_dict` run by the converter
       before the generic name mapping, for names or layouts the rule cannot map
       (DenseNet's legacy keys, Swin's buffers); None = nothing to adapt.
@@ -75,6 +83,7 @@ class Backbone:
   num_params: int
   url: str
   adapt_state_dict: Callable[[Mapping[str, np.ndarray]], StateDict] | None = None
+  publisher: str = 'torchvision'
 
   @property
   def file_name(self) -> str:
@@ -170,6 +179,11 @@ _FAMILIES = {
     lambda n, w, d=1.0: convnext.convnext_tap_channels(n, w),
     None,
   ),
+  'clip': (
+    clip.create_clip,
+    lambda n, w, d=1.0: clip.clip_tap_channels(n, w),
+    clip.adapt_state_dict,
+  ),
 }
 
 # One line per architecture: name, family, torchvision's ImageNet head, torchvision's
@@ -194,17 +208,31 @@ _TORCHVISION = (
   ('convnext_base', 'convnext', 'classifier.2', 88_591_464, 'convnext_base-6075fbad.pth'),
 )
 
-for _name, _family, _head, _count, _file in _TORCHVISION:
-  _create, _taps, _adapt = _FAMILIES[_family]
-  register(
-    Backbone(
-      name=_name,
-      family=_family,
-      create=functools.partial(_create, _name),
-      tap_channels=functools.partial(_taps, _name),
-      head=_head,
-      num_params=_count,
-      url=TORCHVISION_URL + _file,
-      adapt_state_dict=_adapt,
+_CLIP_B16 = '5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt'
+_CLIP_L14 = 'b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt'
+# OpenAI's CLIP image towers: name, family, no ImageNet head (''), open_clip's parameter
+# count of the tower, OpenAI's file (under its full sha256).
+_OPENAI = (
+  ('clip_vit_b_16', 'clip', '', 86_192_640, _CLIP_B16),
+  ('clip_vit_l_14', 'clip', '', 303_966_208, _CLIP_L14),
+)
+
+for _publisher, _folder, _table in (
+  ('torchvision', TORCHVISION_URL, _TORCHVISION),
+  ('openai', OPENAI_URL, _OPENAI),
+):
+  for _name, _family, _head, _count, _file in _table:
+    _create, _taps, _adapt = _FAMILIES[_family]
+    register(
+      Backbone(
+        name=_name,
+        family=_family,
+        create=functools.partial(_create, _name),
+        tap_channels=functools.partial(_taps, _name),
+        head=_head,
+        num_params=_count,
+        url=_folder + _file,
+        adapt_state_dict=_adapt,
+        publisher=_publisher,
+      )
     )
-  )

@@ -38,7 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxattr.models.backbone import creator, float32_avg_pool, linear
+from jaxattr.models.backbone import creator, float32_avg_pool, linear, remat_block
 
 Array = jax.Array
 Dtype = Any
@@ -229,13 +229,15 @@ class ResNetStage(nn.Module):
   planes: int
   out_features: int
   stride: int
+  remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
+    block = remat_block(self.block, self.remat)
     for i in range(self.num_blocks):
-      x = self.block(
+      x = block(
         self.planes,
         self.out_features,
         self.stride if i == 0 else 1,
@@ -293,6 +295,7 @@ class ResNet(nn.Module):
     stage_sizes: blocks per stage (layer1..layer4).
     width: channel multiplier (1.0 = torchvision).
     num_classes: if set, adds torchvision's `fc` and returns `'logits'`.
+    remat: rematerialise each block in the backward pass (`backbone.remat_block`).
     dtype: compute dtype.
     param_dtype: parameter dtype.
   """
@@ -301,6 +304,7 @@ class ResNet(nn.Module):
   stage_sizes: Sequence[int]
   width: float = 1.0
   num_classes: int | None = None
+  remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -321,6 +325,7 @@ class ResNet(nn.Module):
         scale_channels(planes, self.width),
         scale_channels(planes * expansion, self.width),
         stride=1 if i == 0 else 2,
+        remat=self.remat,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
         name=f'layer{i + 1}',

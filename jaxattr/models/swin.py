@@ -58,7 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxattr.models.backbone import creator, float32_avg_pool, linear
+from jaxattr.models.backbone import creator, float32_avg_pool, linear, remat_block
 from jaxattr.models.resnet import scale_blocks, torch_linear_init
 
 Array = jax.Array
@@ -365,13 +365,15 @@ class SwinStage(nn.Module):
   num_blocks: int
   num_heads: int
   drop_rates: Sequence[float]
+  remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
+    block = remat_block(SwinBlock, self.remat)
     for i in range(self.num_blocks):
-      x = SwinBlock(
+      x = block(
         self.num_heads,
         0 if i % 2 == 0 else WINDOW // 2,
         self.drop_rates[i],
@@ -389,6 +391,7 @@ class SwinFeatures(nn.Module):
   depths: Sequence[int]
   num_heads: Sequence[int]
   stochastic_depth_prob: float = 0.0
+  remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -399,7 +402,7 @@ class SwinFeatures(nn.Module):
     rates = block_drop_rates(self.depths, self.stochastic_depth_prob)
     k1 = None
     for i, (depth, heads) in enumerate(zip(self.depths, self.num_heads, strict=True)):
-      x = SwinStage(depth, heads, rates[i], dt, pdt, name=str(2 * i + 1))(x, train)
+      x = SwinStage(depth, heads, rates[i], self.remat, dt, pdt, name=str(2 * i + 1))(x, train)
       if i == len(self.depths) - 2:
         k1 = x
       if i < len(self.depths) - 1:
@@ -416,6 +419,7 @@ class Swin(nn.Module):
     num_heads: attention heads per stage.
     num_classes: if set, adds torchvision's `head` and returns `'logits'`.
     stochastic_depth_prob: the last block's drop rate in training (0 = off).
+    remat: rematerialise each block in the backward pass (`backbone.remat_block`).
     dtype: compute dtype.
     param_dtype: parameter dtype.
   """
@@ -425,6 +429,7 @@ class Swin(nn.Module):
   num_heads: Sequence[int]
   num_classes: int | None = None
   stochastic_depth_prob: float = 0.0
+  remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -437,6 +442,7 @@ class Swin(nn.Module):
       tuple(self.depths),
       tuple(self.num_heads),
       self.stochastic_depth_prob,
+      self.remat,
       self.dtype,
       self.param_dtype,
       name='features',

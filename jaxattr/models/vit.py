@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxattr.models.backbone import creator, linear
+from jaxattr.models.backbone import creator, linear, remat_block
 from jaxattr.models.resnet import scale_blocks, scale_channels, torch_linear_init
 
 Array = jax.Array
@@ -121,10 +121,12 @@ def _norm_dtype(dtype: Dtype) -> Dtype:
   return jnp.promote_types(dtype, jnp.float32)
 
 
-def layer_norm(dtype: Dtype, param_dtype: Dtype, name: str) -> nn.LayerNorm:
+def layer_norm(
+  dtype: Dtype, param_dtype: Dtype, name: str, epsilon: float = LN_EPSILON
+) -> nn.LayerNorm:
   """torchvision's LayerNorm(eps 1e-6), computed in float32 or wider, two-pass variance."""
   return nn.LayerNorm(
-    epsilon=LN_EPSILON,
+    epsilon=epsilon,
     use_fast_variance=False,
     dtype=_norm_dtype(dtype),
     param_dtype=param_dtype,
@@ -206,15 +208,17 @@ class EncoderLayers(nn.Module):
   num_heads: int
   mlp_dim: int
   tap_after: int
+  remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> tuple[Array, Array]:
     """Returns `(tokens after `tap_after` blocks, tokens after the last block)`."""
+    block = remat_block(EncoderBlock, self.remat, has_train=False)
     tap = x
     for i in range(self.num_layers):
-      x = EncoderBlock(
+      x = block(
         self.num_heads, self.mlp_dim, self.dtype, self.param_dtype, name=f'encoder_layer_{i}'
       )(x)
       if i + 1 == self.tap_after:
@@ -231,6 +235,7 @@ class Encoder(nn.Module):
   num_heads: int
   mlp_dim: int
   tap_after: int
+  remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -253,6 +258,7 @@ class Encoder(nn.Module):
       self.num_heads,
       self.mlp_dim,
       self.tap_after,
+      self.remat,
       self.dtype,
       self.param_dtype,
       name='layers',
@@ -273,6 +279,7 @@ class VisionTransformer(nn.Module):
     tap_after: `k1` is read after this many blocks (8 of 12).
     width: multiplier of head_dim and mlp_dim (1.0 = torchvision).
     num_classes: if set, adds `heads.head` and returns `'logits'`.
+    remat: rematerialise each block in the backward pass (`backbone.remat_block`).
     dtype: compute dtype.
     param_dtype: parameter dtype.
   """
@@ -286,6 +293,7 @@ class VisionTransformer(nn.Module):
   tap_after: int = 8
   width: float = 1.0
   num_classes: int | None = None
+  remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -332,6 +340,7 @@ class VisionTransformer(nn.Module):
       self.num_heads,
       scale_channels(self.mlp_dim, self.width),
       self.tap_after,
+      self.remat,
       dt,
       pdt,
       name='encoder',
