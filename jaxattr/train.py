@@ -51,7 +51,7 @@ import numpy as np
 from absl import logging
 from flax import linen as nn
 
-from jaxattr import checkpoints, evaluators, inference, losses, metrics, optim, sharding
+from jaxattr import checkpoints, evaluators, inference, losses, metrics, optim, schema, sharding
 from jaxattr import history as hist
 from jaxattr.evaluators import attributes
 from jaxattr.evaluators import report as tables
@@ -195,12 +195,12 @@ def create_train_state(
   Returns:
     The state at step 0.
   """
-  size = config.data.image_size
+  height, width = schema.image_hw(config.data)
   num_sources = num_history_sources(config)
   tx = optim.make_optimizer(config.optimizer)
 
   def init():
-    variables = model.init(jax.random.key(config.seed), jnp.zeros((1, size, size, 3)), train=False)
+    variables = model.init(jax.random.key(config.seed), jnp.zeros((1, height, width, 3)), train=False)
     params = variables['params']
     backbone, heads = optim.split_params(params)
     return TrainState(
