@@ -25,7 +25,7 @@ import dataclasses
 import functools
 import importlib.util
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +168,25 @@ def _image_size(name, value, *_):
   return f'{name}: must be a positive integer or (height, width) of two, got {value!r}'
 
 
+def size_hw(size: int | Sequence[int]) -> tuple[int, int]:
+  """(height, width) of an image size given as S (S x S) or (height, width).
+
+  Args:
+    size: `data.image_size` (a list where it was read back from JSON).
+
+  Returns:
+    `(height, width)` in pixels.
+
+  Raises:
+    ValueError: `size` is neither.
+  """
+  if is_int(size):
+    return int(size), int(size)
+  if not _is_hw(size):
+    raise ValueError(f'image size: must be an int or (height, width), got {size!r}')
+  return int(size[0]), int(size[1])
+
+
 def image_hw(data_config: ml_collections.ConfigDict) -> tuple[int, int]:
   """The (height, width) of the model's input: `data.image_size` S is S x S.
 
@@ -177,12 +196,7 @@ def image_hw(data_config: ml_collections.ConfigDict) -> tuple[int, int]:
   Returns:
     `(height, width)` in pixels.
   """
-  size = data_config.image_size
-  if is_int(size):
-    return int(size), int(size)
-  if not _is_hw(size):
-    raise ValueError(f'data.image_size: must be an int or (height, width), got {size!r}')
-  return int(size[0]), int(size[1])
+  return size_hw(data_config.image_size)
 
 
 def pad_fill(data_config: ml_collections.ConfigDict) -> tuple[int, int, int] | None:
