@@ -160,12 +160,24 @@ def _is_hw(value: Any) -> bool:
   )
 
 
-def _image_size(name, value, *_):
+def _image_size(name, value, config, _):
   if is_int(value):
-    return check_int(name, value, 1)
-  if _is_hw(value):
-    return None
-  return f'{name}: must be a positive integer or (height, width) of two, got {value!r}'
+    problem = check_int(name, value, 1)
+  elif _is_hw(value):
+    problem = None
+  else:
+    return f'{name}: must be a positive integer or (height, width) of two, got {value!r}'
+  if problem:
+    return problem
+  from jaxattr.models import vit  # ViT cuts the input into whole patches.
+
+  spec = vit.VIT_SPECS.get(_get(config, 'model.backbone'))
+  if spec is not None and any(side % spec.patch_size for side in size_hw(value)):
+    return (
+      f'{name}: {_get(config, "model.backbone")} needs multiples of its patch size '
+      f'{spec.patch_size}, got {value!r}'
+    )
+  return None
 
 
 def size_hw(size: int | Sequence[int]) -> tuple[int, int]:

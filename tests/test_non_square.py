@@ -78,6 +78,17 @@ def test_image_size_check_and_image_hw():
     ]
 
 
+def test_vit_input_must_be_whole_patches():
+  config = schema.load_recipe('test').get_config()
+  config.model.backbone, config.model.width = 'vit_b_16', 0.0625
+  config.data.image_size = (64, 32)
+  assert schema.validate(config) == []
+  config.data.image_size = (60, 32)
+  assert schema.validate(config) == [
+    'config.data.image_size: vit_b_16 needs multiples of its patch size 16, got (60, 32)'
+  ]
+
+
 @pytest.mark.parametrize('recipe', ['peta', 'pa100k', 'rap2', 'peers'])
 def test_rethinking_argument_takes_their_input(recipe):
   arg = 'peta,rethinking' if recipe == 'peers' else 'rethinking'
