@@ -31,8 +31,12 @@ from jaxattr import schema
 
 PAPER_METRIC = 'map_voc'
 
-_TALL = {'data.image_size': (160, 80), 'data.resize_size': 183, 'data.crop_min': 160,
-         'data.crop_max': 183}
+_TALL = {
+  'data.image_size': (160, 80),
+  'data.resize_size': 183,
+  'data.crop_min': 160,
+  'data.crop_max': 183,
+}
 
 ROWS: tuple[sweeps.Row, ...] = (
   ('square 112x112', {'data.image_size': 112, 'data.keep_aspect': False}, None),

@@ -254,9 +254,7 @@ def pad_to_aspect(image: np.ndarray, hw: Sequence[int], fill: Sequence[int]) -> 
   return out
 
 
-def load_image(
-  path: Path, box, resize, decode=_decode, pad=None
-) -> tuple[np.ndarray, np.ndarray]:
+def load_image(path: Path, box, resize, decode=_decode, pad=None) -> tuple[np.ndarray, np.ndarray]:
   """(the crop, the crop resized for the model) of one file; raises ImageError.
 
   `pad`, when given, pads the crop first (`pad_to_aspect`): the crop returned is the

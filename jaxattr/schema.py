@@ -155,8 +155,8 @@ def _crops(name, value, config, _):
 
 
 def _is_hw(value: Any) -> bool:
-  return isinstance(value, tuple | list) and len(value) == 2 and all(
-    is_int(v) and v > 0 for v in value
+  return (
+    isinstance(value, tuple | list) and len(value) == 2 and all(is_int(v) and v > 0 for v in value)
   )
 
 

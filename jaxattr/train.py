@@ -195,12 +195,12 @@ def create_train_state(
   Returns:
     The state at step 0.
   """
-  height, width = schema.image_hw(config.data)
+  hw = schema.image_hw(config.data)
   num_sources = num_history_sources(config)
   tx = optim.make_optimizer(config.optimizer)
 
   def init():
-    variables = model.init(jax.random.key(config.seed), jnp.zeros((1, height, width, 3)), train=False)
+    variables = model.init(jax.random.key(config.seed), jnp.zeros((1, *hw, 3)), train=False)
     params = variables['params']
     backbone, heads = optim.split_params(params)
     return TrainState(

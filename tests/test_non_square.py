@@ -10,6 +10,7 @@ ONNX) and the attention figure on it.
 
 import io
 import json
+import subprocess
 import sys
 
 import jax
@@ -28,7 +29,7 @@ from jaxattr import export, inference, predict, schema
 from jaxattr.data import input_pipeline
 from jaxattr.models import model as model_lib
 from jaxattr.models import vit
-from tests.conftest import REPO, run_tool
+from tests.conftest import REPO, main_command, run_tool, tool_env
 
 MEAN_PIXEL = (124, 116, 104)  # The ImageNet mean x 255, rounded: what keep_aspect pads with.
 
@@ -73,8 +74,7 @@ def test_image_size_check_and_image_hw():
   for bad in ((64,), (64, 0), (64.0, 32), 'x'):
     config.data.image_size = bad
     assert schema.validate(config) == [
-      'config.data.image_size: must be a positive integer or (height, width) of two, '
-      f'got {bad!r}'
+      f'config.data.image_size: must be a positive integer or (height, width) of two, got {bad!r}'
     ]
 
 
@@ -286,7 +286,11 @@ def test_predict_pads_as_the_evaluation_does(tmp_path):
   Image.fromarray(image).save(path)
   config = _data_config(image_size=(32, 16), keep_aspect=True)
   predictor = inference.Predictor(
-    lambda v, x: {'probs': x}, None, names=['a'], image_size=(32, 16), levels=(),
+    lambda v, x: {'probs': x},
+    None,
+    names=['a'],
+    image_size=(32, 16),
+    levels=(),
     pad_fill=schema.pad_fill(config),
   )
   assert predictor.image_size == (32, 16) and predictor.pad_fill == MEAN_PIXEL
@@ -307,14 +311,10 @@ def test_predict_pads_as_the_evaluation_does(tmp_path):
 def tall_run(tmp_path_factory, data_dir):
   """`python -m jaxattr.main --config=configs/test.py` at (64, 32), with the attention grid."""
   workdir = tmp_path_factory.mktemp('tall') / 'run'
-  proc = run_tool(
-    'jaxattr.main',
-    '--config=configs/test.py',
-    f'--workdir={workdir}',
-    f'--config.data.data_dir={data_dir}',
-    '--config.data.image_size=(64, 32)',
-    '--config.eval.attention_grid=True',
-    timeout=900,
+  flags = ('--config.data.image_size=(64, 32)', '--config.eval.attention_grid=True')
+  command = main_command(data_dir, workdir, *flags)
+  proc = subprocess.run(
+    command, cwd=REPO, capture_output=True, text=True, env=tool_env(), timeout=900
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir
@@ -337,7 +337,8 @@ def test_tall_run_trains_predicts_exports_and_draws(tall_run, tmp_path):
   assert predictor.image_size == (64, 32)
   out = io.StringIO()
   figure = tmp_path / 'att.png'
-  assert predict.predict(predictor, [str(person)], as_json=True, attention=str(figure), out=out) == 0
+  failures = predict.predict(predictor, [str(person)], as_json=True, attention=str(figure), out=out)
+  assert failures == 0
   probs = json.loads(out.getvalue())['probabilities']
   with Image.open(figure) as png:
     assert png.size[0] > 0
