@@ -226,7 +226,7 @@ def pad_fill(data_config: ml_collections.ConfigDict) -> tuple[int, int, int] | N
   """
   if not data_config.get('keep_aspect', False):
     return None
-  return tuple(int(round(255 * float(m))) for m in data_config.mean)
+  return tuple(min(max(round(255 * float(m)), 0), 255) for m in data_config.mean)
 
 
 def _autotune(at_least: int, what: str) -> Check:
