@@ -18,9 +18,9 @@ crops in [160, 224]) with 30 epochs, as jaxattr's PA-100K and RAP v2 recipes, fr
 the backbone's published ImageNet weights (`model.pretrained='published'`;
 docs/pretrained.md).
 Selection is on `validation` as everywhere in jaxattr (docs/protocol.md says how
-the peers differ). The peers feed 256x192 (height x width) crops; jaxattr's input
-pipeline resizes every crop to a square `data.image_size`², and non-square input
-is not yet supported, so these runs use 224² and differ from the peers there.
+the peers differ). The peers feed 256x192 (height x width) crops with their
+pad-and-crop augmentation; these runs use PETA's square 224² unless the argument
+`rethinking` gives them the peers' input (`configs/peers.py:pa100k,rethinking`).
 """
 
 from jaxattr import schema

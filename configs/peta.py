@@ -11,8 +11,10 @@ Paper (ResNet-101, on the VeSPA split): mA 84.59, Acc 78.56, Prec 86.79, Rec 86.
 F1 86.46. The default split (`mat0`) is not the one of these numbers; it is the one
 most later PETA tables use, so runs on it compare with those.
 
-Arguments (after ':', comma-separated): `vespa` (the paper's split) and a backbone
-name, e.g. `configs/peta.py:vespa,resnet50`.
+Arguments (after ':', comma-separated): `vespa` (the paper's split), a backbone
+name, e.g. `configs/peta.py:vespa,resnet50`, and `rethinking` (Rethinking_of_PAR's
+256x192 input and pad-and-crop augmentation, `schema.apply_args`; also on
+configs/pa100k.py and rap2.py).
 """
 
 from jaxattr import schema

@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 from absl import app, flags, logging
 
+from jaxattr import schema
+
 MAGIC = b'JAXATTR1'
 FORMAT_VERSION = 1
 FORMATS = ('stablehlo', 'onnx')
@@ -108,17 +110,25 @@ def export_run(
     thresholds = np.full(len(names), float(config.eval.threshold))
   model = model_lib.create_model(config.model, len(names))
   infer = inference.make_infer_fn(model, config.data)
-  size = int(config.data.image_size)
+  hw = schema.image_hw(config.data)
+  fill = schema.pad_fill(config.data)
   levels = [int(level) for level in config.model.attention.levels]
   header = {
     'format': 'jaxattr-exported',
     'version': FORMAT_VERSION,
     'attribute_names': list(names),
-    'image_size': size,
+    # S for a square input (as before non-square input existed), else [H, W].
+    'image_size': hw[0] if hw[0] == hw[1] else list(hw),
+    # The pixel a crop is padded with to H:W before the resize; None: stretched.
+    'pad_fill': None if fill is None else list(fill),
     'thresholds': [float(t) for t in thresholds],
     'levels': levels,
     'batch_size': int(batch_size) or None,
-    'input': 'uint8 [B, S, S, 3] RGB, the crop resized to S x S (bilinear, antialiased)',
+    'input': (
+      f'uint8 [B, {hw[0]}, {hw[1]}, 3] RGB, the crop '
+      + ('padded with pad_fill to that aspect, then ' if fill else '')
+      + f'resized to {hw[0]} x {hw[1]} (bilinear, antialiased)'
+    ),
     'outputs': {
       'probs': 'float32 [B, C], sigmoid of the aggregated logits',
       'masks': 'per level float32 [B, h, w, C], spatial softmax a',
@@ -137,12 +147,12 @@ def export_run(
     from jaxattr import onnx_model
 
     proto = onnx_model.convert(
-      infer, variables, image_size=size, levels=levels, header=header, batch_size=batch_size
+      infer, variables, image_size=hw, levels=levels, header=header, batch_size=batch_size
     )
     _write_atomically(output, [proto.SerializeToString()])
     return header
 
-  exported, leaves = to_stablehlo(infer, variables, size, batch_size, platforms)
+  exported, leaves = to_stablehlo(infer, variables, hw, batch_size, platforms)
   header['platforms'] = list(exported.platforms)
   params = io.BytesIO()
   np.savez(params, **{f'p{i:05d}': np.asarray(x) for i, x in enumerate(jax.device_get(leaves))})
@@ -156,14 +166,18 @@ def export_run(
 
 
 def to_stablehlo(
-  infer: Any, variables: Any, image_size: int, batch_size: int, platforms: Sequence[str]
+  infer: Any,
+  variables: Any,
+  image_size: int | Sequence[int],
+  batch_size: int,
+  platforms: Sequence[str],
 ) -> tuple[Any, list]:
   """`jax.export` of `infer(variables, images)` with the variables as a flat first argument.
 
   Args:
     infer: `inference.make_infer_fn`'s function.
     variables: its first argument.
-    image_size: S of the uint8 [B, S, S, 3] input.
+    image_size: S (S x S) or (H, W) of the uint8 [B, H, W, 3] input.
     batch_size: 0 for a symbolic batch dimension, else this fixed one.
     platforms: `jax.export` platforms to lower for.
 
@@ -183,7 +197,7 @@ def to_stablehlo(
     (batch,) = jax.export.symbolic_shape('b')
   args = (
     [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves],
-    jax.ShapeDtypeStruct((batch, image_size, image_size, 3), np.uint8),
+    jax.ShapeDtypeStruct((batch, *schema.size_hw(image_size), 3), np.uint8),
   )
   return jax.export.export(jax.jit(infer_flat), platforms=tuple(platforms))(*args), leaves
 
@@ -270,7 +284,8 @@ def load(path: str | Path, batch_size: int = 32):
     exported.call,
     leaves,
     names=header['attribute_names'],
-    image_size=header['image_size'],
+    image_size=schema.size_hw(header['image_size']),
+    pad_fill=header.get('pad_fill'),
     levels=header['levels'],
     thresholds=np.asarray(header['thresholds']),
     batch_size=header['batch_size'] or batch_size,
@@ -333,7 +348,7 @@ def main(argv: Sequence[str]) -> int:
   logging.info('Wrote %s (%d bytes).', FLAGS.output, size)
   print(
     f'Wrote {FLAGS.output}: {len(header["attribute_names"])} attributes, '
-    f'{header["image_size"]}x{header["image_size"]} input, batch {batch}, '
+    f'{"x".join(map(str, schema.size_hw(header["image_size"])))} input, batch {batch}, '
     f'{target}, {size / 1e6:.1f} MB.'
   )
   return 0

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jaxattr import schema
 from jaxattr.run import files, restore
 
 K = TypeVar('K')
@@ -50,7 +51,7 @@ def make_infer_fn(model, data_config: ml_collections.ConfigDict) -> Callable:
     data_config: `config.data` (normalisation statistics).
 
   Returns:
-    `fn(variables, images uint8 [B,S,S,3]) -> {'probs': [B,C], 'masks': (a per
+    `fn(variables, images uint8 [B,H,W,3]) -> {'probs': [B,C], 'masks': (a per
     level, [B,h,w,C]), 'confidences': (s per level)}`.
   """
 
@@ -74,7 +75,9 @@ class Predictor:
 
   Attributes:
     names: attribute names, in model order.
-    image_size: S of the square uint8 input.
+    image_size: (height, width) of the uint8 input.
+    pad_fill: the uint8 pixel a crop is padded with to the input's aspect before it is
+      resized (`schema.pad_fill`), or None: crops are stretched.
     levels: attention levels, the order of `masks` and `confidences`.
     thresholds: per-attribute decision thresholds [C] (`p > t` is a positive).
     batch_size: the fixed batch size every call is padded to.
@@ -87,30 +90,33 @@ class Predictor:
     variables: Any,
     *,
     names: Sequence[str],
-    image_size: int,
+    image_size: int | Sequence[int],
     levels: Sequence[int],
     thresholds: np.ndarray | float = 0.5,
     batch_size: int = 32,
     device: jax.Device | None = None,
     description: str = '',
+    pad_fill: Sequence[int] | None = None,
   ):
     """Creates a predictor.
 
     Args:
-      infer_fn: `fn(variables, uint8 [B,S,S,3]) -> {'probs', 'masks', 'confidences'}`.
+      infer_fn: `fn(variables, uint8 [B,H,W,3]) -> {'probs', 'masks', 'confidences'}`.
       variables: its first argument (placed on `device` once).
       names: attribute names.
-      image_size: S.
+      image_size: S (S x S) or (H, W).
       levels: attention levels of the masks.
       thresholds: a scalar or [C] decision thresholds.
       batch_size: fixed batch size.
       device: the device to run on; default the first.
       description: where the model comes from.
+      pad_fill: see the attribute.
     """
     if batch_size < 1:
       raise ValueError(f'batch_size must be positive, not {batch_size}.')
     self.names = list(names)
-    self.image_size = int(image_size)
+    self.image_size = schema.size_hw(image_size)
+    self.pad_fill = None if pad_fill is None else tuple(int(v) for v in pad_fill)
     self.levels = tuple(int(level) for level in levels)
     self.thresholds = np.broadcast_to(np.asarray(thresholds, np.float64), (len(self.names),)).copy()
     self.batch_size = int(batch_size)
@@ -190,16 +196,17 @@ class Predictor:
       make_infer_fn(model, config.data),
       variables,
       names=names,
-      image_size=config.data.image_size,
+      image_size=schema.image_hw(config.data),
       levels=config.model.attention.levels,
       thresholds=config.eval.threshold if thresholds is None else thresholds,
       batch_size=batch_size,
       device=device,
       description=description,
+      pad_fill=schema.pad_fill(config.data),
     )
 
   def _dispatch(self, images: list[np.ndarray]):
-    batch = np.zeros((self.batch_size, self.image_size, self.image_size, 3), np.uint8)
+    batch = np.zeros((self.batch_size, *self.image_size, 3), np.uint8)
     for i, image in enumerate(images):
       if image.shape != batch.shape[1:]:
         raise ValueError(f'image {i} has shape {image.shape}, expected {batch.shape[1:]}.')
@@ -211,7 +218,7 @@ class Predictor:
     """Predictions for a stream of (key, image), in order, batched and pipelined.
 
     Args:
-      items: (key, uint8 [S,S,3]) pairs; read lazily, one batch ahead.
+      items: (key, uint8 [H,W,3]) pairs; read lazily, one batch ahead.
 
     Yields:
       (key, {'probs': float32 [C], 'masks': ([h,w,C] per level),
@@ -247,14 +254,14 @@ class Predictor:
     """Predictions for a stack of images.
 
     Args:
-      images: uint8 [N,S,S,3].
+      images: uint8 [N,H,W,3].
 
     Returns:
       {'probs': float32 [N,C], 'masks': ([N,h,w,C] per level), 'confidences': (...)}.
     """
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4:
-      raise ValueError(f'images must be uint8 [N,S,S,3], got {images.dtype} {images.shape}.')
+      raise ValueError(f'images must be uint8 [N,H,W,3], got {images.dtype} {images.shape}.')
     outs = []
     for start in range(0, len(images), self.batch_size):
       chunk = list(images[start : start + self.batch_size])

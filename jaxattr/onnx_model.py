@@ -28,6 +28,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from jaxattr.schema import size_hw
+
 METADATA_KEY = 'jaxattr'
 INPUT_NAME = 'images'
 
@@ -51,7 +53,7 @@ def convert(
   infer_fn: Callable,
   variables: Any,
   *,
-  image_size: int,
+  image_size: int | Sequence[int],
   levels: Sequence[int],
   header: dict[str, Any],
   batch_size: int = 0,
@@ -59,10 +61,10 @@ def convert(
   """The ONNX model of `infer_fn(variables, images)`, its variables as initializers.
 
   Args:
-    infer_fn: `fn(variables, uint8 [B,S,S,3]) -> {'probs', 'masks', 'confidences'}`
+    infer_fn: `fn(variables, uint8 [B,H,W,3]) -> {'probs', 'masks', 'confidences'}`
       (`inference.make_infer_fn`).
     variables: its first argument.
-    image_size: S.
+    image_size: S (S x S) or (H, W).
     levels: the attention levels (the order of 'masks' and 'confidences').
     header: stored as JSON in the metadata under `METADATA_KEY`.
     batch_size: 0 for a dynamic batch dimension, else this fixed batch size.
@@ -86,7 +88,7 @@ def convert(
     return [out['probs'], *out['masks'], *out['confidences']]
 
   batch = batch_size or jax.export.symbolic_shape('batch')[0]
-  spec = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), np.uint8)
+  spec = jax.ShapeDtypeStruct((batch, *size_hw(image_size), 3), np.uint8)
   closed = jax.make_jaxpr(flat)(spec)
 
   def primitives(images):
@@ -238,7 +240,9 @@ class OnnxPredictor:
 
   Attributes:
     names: attribute names, in model order.
-    image_size: S of the square uint8 input.
+    image_size: (height, width) of the uint8 input.
+    pad_fill: the uint8 pixel a crop is padded with to the input's aspect before it is
+      resized, or None: crops are stretched.
     levels: attention levels, the order of `masks` and `confidences`.
     thresholds: per-attribute decision thresholds [C] (`p > t` is a positive).
     batch_size: the largest batch run at once (the file's, if it fixes one).
@@ -280,7 +284,9 @@ class OnnxPredictor:
     header = json.loads(text)
     self.header = header
     self.names = list(header['attribute_names'])
-    self.image_size = int(header['image_size'])
+    self.image_size = size_hw(header['image_size'])
+    fill = header.get('pad_fill')
+    self.pad_fill = None if fill is None else tuple(int(v) for v in fill)
     self.levels = tuple(int(level) for level in header['levels'])
     self.thresholds = np.asarray(header['thresholds'], np.float64)
     self.batch_size = int(header['batch_size'] or batch_size)
@@ -295,10 +301,10 @@ class OnnxPredictor:
   def _run(self, images: np.ndarray) -> dict[str, Any]:
     """Outputs for up to `batch_size` images, each tree leaf [n, ...]."""
     n = len(images)
-    if images.shape[1:] != (self.image_size, self.image_size, 3) or images.dtype != np.uint8:
+    if images.shape[1:] != (*self.image_size, 3) or images.dtype != np.uint8:
+      height, width = self.image_size
       raise ValueError(
-        f'images must be uint8 [N,{self.image_size},{self.image_size},3], got '
-        f'{images.dtype} {images.shape}.'
+        f'images must be uint8 [N,{height},{width},3], got {images.dtype} {images.shape}.'
       )
     if self._fixed and n < self.batch_size:
       images = np.concatenate(
@@ -316,7 +322,7 @@ class OnnxPredictor:
     """Predictions for a stream of (key, image), in order, `batch_size` at a time.
 
     Args:
-      items: (key, uint8 [S,S,3]) pairs.
+      items: (key, uint8 [H,W,3]) pairs.
 
     Yields:
       (key, {'probs': float32 [C], 'masks': ([h,w,C] per level), 'confidences': (...)}).
@@ -346,7 +352,7 @@ class OnnxPredictor:
       yield from finish()
 
   def __call__(self, images: np.ndarray) -> dict[str, Any]:
-    """Predictions for a stack of images uint8 [N,S,S,3] (see `inference.Predictor`)."""
+    """Predictions for a stack of images uint8 [N,H,W,3] (see `inference.Predictor`)."""
     images = np.asarray(images)
     if not len(images):
       raise ValueError('no images.')

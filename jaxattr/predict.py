@@ -208,33 +208,68 @@ def _resize_weights(in_size: int, out_size: int) -> np.ndarray:
   return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def resize(image: np.ndarray, size: int) -> np.ndarray:
-  """The evaluation resize (`input_pipeline.eval_preprocess`) in numpy: uint8 [size, size, 3].
+def resize(image: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
+  """The evaluation resize (`input_pipeline.eval_preprocess`) in numpy: uint8 [h, w, 3].
 
   Args:
     image: uint8 [H, W, 3].
-    size: the output side.
+    size: the output side S (S x S), or (h, w).
 
   Returns:
     The resized image, rounded half up as the pipeline does.
   """
-  rows = _resize_weights(image.shape[0], size)
-  cols = _resize_weights(image.shape[1], size)
+  from jaxattr.schema import size_hw
+
+  height, width = size_hw(size)
+  rows = _resize_weights(image.shape[0], height)
+  cols = _resize_weights(image.shape[1], width)
   out = np.einsum('ph,hwc->pwc', rows, image.astype(np.float32))
   out = np.einsum('qw,pwc->pqc', cols, out)
   return np.clip(out + 0.5, 0.0, 255.0).astype(np.uint8)
 
 
-def load_image(path: Path, box, resize, decode=_decode) -> tuple[np.ndarray, np.ndarray]:
-  """(the crop, the crop resized for the model) of one file; raises ImageError."""
+def pad_to_aspect(image: np.ndarray, hw: Sequence[int], fill: Sequence[int]) -> np.ndarray:
+  """`input_pipeline.pad_to_aspect` in numpy: the image padded with `fill` to h:w.
+
+  A crop taller than h:w gets columns on the left and right, a wider one rows above
+  and below, the odd pixel after (`data.keep_aspect`).
+
+  Args:
+    image: uint8 [H, W, 3].
+    hw: the target (h, w).
+    fill: the padding pixel, uint8 RGB.
+
+  Returns:
+    uint8 [H', W', 3] with H' / W' = h / w to the nearest pixel.
+  """
+  src_h, src_w = image.shape[:2]
+  pad_h = pad_w = 0
+  if src_h * hw[1] > src_w * hw[0]:
+    pad_w = max(int(np.round(src_h * hw[1] / hw[0])) - src_w, 0)
+  else:
+    pad_h = max(int(np.round(src_w * hw[0] / hw[1])) - src_h, 0)
+  out = np.empty((src_h + pad_h, src_w + pad_w, 3), np.uint8)
+  out[...] = np.asarray(fill, np.uint8)
+  out[pad_h // 2 : pad_h // 2 + src_h, pad_w // 2 : pad_w // 2 + src_w] = image
+  return out
+
+
+def load_image(path: Path, box, resize, decode=_decode, pad=None) -> tuple[np.ndarray, np.ndarray]:
+  """(the crop, the crop resized for the model) of one file; raises ImageError.
+
+  `pad`, when given, pads the crop first (`pad_to_aspect`): the crop returned is the
+  padded one, the frame the model's masks cover.
+  """
   image = crop(decode(path), box, path)
+  if pad is not None:
+    image = pad(image)
   return image, resize(image)
 
 
-def _image_config(size: int):
+def _image_config(size: tuple[int, int]):
   import ml_collections
 
-  # Only `image_size` is read by eval_preprocess.
+  # Only `image_size` is read by eval_preprocess (the padding happens before, in numpy).
   return ml_collections.ConfigDict({'image_size': size})
 
 
@@ -288,11 +323,12 @@ def predict(
   from jaxattr import onnx_model
 
   files = expand_inputs(inputs)
+  size, fill = predictor.image_size, predictor.pad_fill
   if isinstance(predictor, onnx_model.OnnxPredictor):  # Neither TensorFlow nor JAX.
-    size = predictor.image_size
     resizer, decode = lambda image: resize(image, size), lambda p: _decode_pil(p, _read(p))
   else:
-    resizer, decode = _Resizer(_image_config(predictor.image_size)), _decode
+    resizer, decode = _Resizer(_image_config(size)), _decode
+  pad = None if fill is None else lambda image: pad_to_aspect(image, size, fill)
   crops: dict[int, np.ndarray] = {}
   failures = 0
   if not files:
@@ -304,7 +340,7 @@ def predict(
     nonlocal failures
     for i, path in enumerate(files):
       try:
-        image, resized = load_image(path, box, resizer, decode)
+        image, resized = load_image(path, box, resizer, decode, pad)
       except ImageError as e:
         failures += 1
         err.write(f'error: {e}\n')

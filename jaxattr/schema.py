@@ -25,7 +25,7 @@ import dataclasses
 import functools
 import importlib.util
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from jaxattr.config_validation import (
   batch,
   boolean,
   check_dir,
+  check_int,
   choice,
   integer,
   is_int,
@@ -52,6 +53,8 @@ SELECTION_METRICS = ('map', 'ma', 'f1')
 AP_DEFINITIONS = ('voc', 'sklearn')
 # The config argument that reports the peers' protocol beside jaxattr's (`apply_args`).
 PEERS_PROTOCOL = 'peers_protocol'
+# The config argument that takes Rethinking_of_PAR's input (`apply_args`).
+RETHINKING_INPUT = 'rethinking'
 MISSING = '(absent)'  # The value of a field that one of two compared configs lacks.
 # The named values of `model.pretrained`: the backbone's published ImageNet weights
 # (`jaxattr.pretrained` resolves them), or random weights on purpose.
@@ -154,6 +157,81 @@ def _crops(name, value, config, _):
     'config.data.crop_min, crop_max, resize_size: must satisfy crop_min <= crop_max <= '
     f'resize_size, got {low}, {high}, {resize}'
   )
+
+
+def _is_hw(value: Any) -> bool:
+  return (
+    isinstance(value, tuple | list) and len(value) == 2 and all(is_int(v) and v > 0 for v in value)
+  )
+
+
+def _image_size(name, value, config, _):
+  if is_int(value):
+    problem = check_int(name, value, 1)
+  elif _is_hw(value):
+    problem = None
+  else:
+    return f'{name}: must be a positive integer or (height, width) of two, got {value!r}'
+  if problem:
+    return problem
+  from jaxattr.models import vit  # ViT cuts the input into whole patches.
+
+  spec = vit.VIT_SPECS.get(_get(config, 'model.backbone'))
+  if spec is not None and any(side % spec.patch_size for side in size_hw(value)):
+    return (
+      f'{name}: {_get(config, "model.backbone")} needs multiples of its patch size '
+      f'{spec.patch_size}, got {value!r}'
+    )
+  return None
+
+
+def size_hw(size: int | Sequence[int]) -> tuple[int, int]:
+  """(height, width) of an image size given as S (S x S) or (height, width).
+
+  Args:
+    size: `data.image_size` (a list where it was read back from JSON).
+
+  Returns:
+    `(height, width)` in pixels.
+
+  Raises:
+    ValueError: `size` is neither.
+  """
+  if is_int(size):
+    return int(size), int(size)
+  if not _is_hw(size):
+    raise ValueError(f'image size: must be an int or (height, width), got {size!r}')
+  return int(size[0]), int(size[1])
+
+
+def image_hw(data_config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """The (height, width) of the model's input: `data.image_size` S is S x S.
+
+  Args:
+    data_config: `config.data` (or any ConfigDict with `image_size`).
+
+  Returns:
+    `(height, width)` in pixels.
+  """
+  return size_hw(data_config.image_size)
+
+
+def pad_fill(data_config: ml_collections.ConfigDict) -> tuple[int, int, int] | None:
+  """The uint8 pixel an image is padded with to image_size's aspect, or None (stretched).
+
+  With `data.keep_aspect` it is the mean pixel, `data.mean` x 255 rounded, which
+  normalises to (about) zero: what the convolutions' own zero padding reads beyond a
+  border, so the padding carries no signal (black would sit 2 standard deviations off).
+
+  Args:
+    data_config: `config.data`.
+
+  Returns:
+    RGB in [0, 255], or None when `data.keep_aspect` is off (or absent).
+  """
+  if not data_config.get('keep_aspect', False):
+    return None
+  return tuple(min(max(round(255 * float(m)), 0), 255) for m in data_config.mean)
 
 
 def _autotune(at_least: int, what: str) -> Check:
@@ -456,15 +534,29 @@ FIELDS: dict[str, Field] = {
   ),
   # Evaluated once at the end, with the best checkpoint.
   'data.test_split': Field('test', string(nonempty=True)),
+  # S (S x S) or (height, width). Declared of any type so that an override parses either
+  # form (`--config.data.image_size=(256, 192)`).
   'data.image_size': Field(
-    224, integer(1), "the attention classifiers' full-spatial convolutions are sized for this input"
+    ml_collections.FieldReference(224, field_type=object),
+    _image_size,
+    "the attention classifiers' full-spatial convolutions are sized for this input",
   ),
+  # Train augmentation: 'paper' or 'rethinking' (`input_pipeline.AUGMENTATIONS`).
+  'data.augment': Field('paper', choice(_module_choices('data.input_pipeline', 'AUGMENTATIONS'))),
   # Paper augmentation: resize to resize_size², random square crop with side in
-  # [crop_min, crop_max] (pixels of the resized image), resize to image_size, flip.
+  # [crop_min, crop_max] (pixels of the resized image), resize to image_size, flip. For a
+  # (height, width) image_size the three count along the height, and the resize and the
+  # crop take image_size's aspect (the same square recipe when height == width).
   'data.resize_size': Field(256, integer(1)),
   'data.crop_min': Field(128, integer(1)),
   'data.crop_max': Field(224, then(integer(1), _crops)),
   'data.random_flip': Field(True, boolean()),
+  # Rethinking_of_PAR's augmentation: resize to image_size, pad this many pixels of zeros
+  # on every side, crop image_size back at a random position, flip.
+  'data.crop_padding': Field(10, integer(0)),
+  # Pad each image with the mean pixel to image_size's aspect before resizing (train,
+  # eval, predict), instead of stretching it.
+  'data.keep_aspect': Field(False, boolean()),
   # ImageNet statistics of the torchvision weights.
   'data.mean': Field((0.485, 0.456, 0.406), tuple_of(3, is_number, 'numbers')),
   'data.std': Field(
@@ -680,8 +772,10 @@ def apply_args(config: ml_collections.ConfigDict, arg: str | None) -> ml_collect
   `arg` is a comma-separated list of tokens; a backbone name selects the backbone, and
   `peers_protocol` adds the test split every epoch, reported beside the validation-selected
   result as the peers' protocol (`evaluators.add_peers_protocol`; it never selects).
-  Then the backbone's family recipe, if it has one (`recipes.apply`), replaces the
-  config's optimisation fields.
+  `rethinking` takes Rethinking_of_PAR's input (`configs/pedes_baseline/*.yaml`, HEIGHT
+  256 and WIDTH 192; `dataset/augmentation.py`: resize to 256x192, pad 10 px of zeros,
+  random 256x192 crop, flip; ImageNet mean and std), so a recipe trains on what their
+  tables were made with.
 
   Args:
     config: the config to change in place.
@@ -698,8 +792,14 @@ def apply_args(config: ml_collections.ConfigDict, arg: str | None) -> ml_collect
       from jaxattr import evaluators
 
       evaluators.add_peers_protocol(config)
+    elif token == RETHINKING_INPUT:
+      config.data.image_size = (256, 192)
+      config.data.augment = 'rethinking'
+      config.data.crop_padding = 10
+      config.data.keep_aspect = False
+      config.data.mean, config.data.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     else:
-      expected = (*backbones, PEERS_PROTOCOL)
+      expected = (*backbones, PEERS_PROTOCOL, RETHINKING_INPUT)
       raise ValueError(f'Unknown config argument {token!r}; expected one of {expected}.')
   from jaxattr import recipes
 

@@ -278,12 +278,12 @@ def train_state_init(
   Returns:
     `init()` -> the state at step 0, unplaced.
   """
-  size = config.data.image_size
+  hw = schema.image_hw(config.data)
   num_sources = num_history_sources(config)
   tx = optim.make_optimizer(config.optimizer)
 
   def init():
-    variables = model.init(jax.random.key(config.seed), jnp.zeros((1, size, size, 3)), train=False)
+    variables = model.init(jax.random.key(config.seed), jnp.zeros((1, *hw, 3)), train=False)
     params = variables['params']
     batch_stats = variables.get('batch_stats', {})
     backbone, heads = optim.split_params(params)

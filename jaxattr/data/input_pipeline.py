@@ -54,8 +54,11 @@ from absl import logging
 
 # The builder modules register their datasets with TFDS when imported.
 from jaxattr.data import common, custom, manual, pa100k, peers, peta, rap1, rap2, synthetic, wider  # noqa: F401  # noqa: F401
+from jaxattr.schema import image_hw, pad_fill
 
 BAD_IMAGE_MODES = ('fail', 'skip')
+# `data.augment`: the paper's scale crop, or Rethinking_of_PAR's pad-and-crop.
+AUGMENTATIONS = ('paper', 'rethinking')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,8 +170,8 @@ def decode(encoded: tf.Tensor) -> tf.Tensor:
   return image
 
 
-def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
-  """Bilinear resize to size², antialiased (PIL's and torchvision's filter rule).
+def _resize(image: tf.Tensor, hw: tuple[int, int]) -> tf.Tensor:
+  """Bilinear resize to `hw` = (height, width), antialiased (PIL's and torchvision's rule).
 
   The one resize of train and eval, so a model sees the same filtering in both.
   Antialiasing widens the bilinear triangle by the shrink factor on an axis that
@@ -176,11 +179,11 @@ def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
   resize, which is then used (up to float rounding the same result, and ~3x
   cheaper than the antialiasing kernel).
   """
-  shrinks = tf.reduce_any(tf.shape(image)[:2] > size)
+  shrinks = tf.reduce_any(tf.shape(image)[:2] > hw)
   return tf.cond(
     shrinks,
-    lambda: tf.image.resize(image, [size, size], method='bilinear', antialias=True),
-    lambda: tf.image.resize(image, [size, size], method='bilinear'),
+    lambda: tf.image.resize(image, hw, method='bilinear', antialias=True),
+    lambda: tf.image.resize(image, hw, method='bilinear'),
   )
 
 
@@ -189,16 +192,86 @@ def _to_uint8(image: tf.Tensor) -> tf.Tensor:
   return tf.cast(tf.clip_by_value(image + 0.5, 0.0, 255.0), tf.uint8)
 
 
-def train_preprocess(image: tf.Tensor, seed: tf.Tensor, data_config) -> tf.Tensor:
-  """The paper's train augmentation, on one decoded image.
+def aspect_padding(size: tf.Tensor, hw: tuple[int, int]) -> tf.Tensor:
+  """The padding that brings an image of `size` to the aspect of `hw` (`pad_to_aspect`).
 
-  Resize the crop to resize_size², take a random square of side s ~ U[crop_min,
-  crop_max] at a random position, resize it to image_size², flip at random. The
-  first resize and the crop are folded into one: the window of the original image
-  that the square covers (rounded to whole source pixels, at most half a source
-  pixel off) is sliced out and resized once to image_size² (one interpolation
-  instead of two, and 3x cheaper than `crop_and_resize`), with the same
-  antialiasing rule as `eval_preprocess`.
+  A crop taller than the target gets columns on the left and right, a wider one rows
+  above and below (the odd pixel after), so a resize to `hw` then scales both axes
+  alike instead of stretching one.
+
+  Args:
+    size: int32 [2], the image's (H, W).
+    hw: the target (height, width).
+
+  Returns:
+    int32 [2, 2]: [[top, bottom], [left, right]], with (H + top + bottom) / (W + left
+    + right) = height / width to the nearest pixel.
+  """
+  src_h, src_w = size[0], size[1]
+  # Integer cross-multiplication decides the side exactly: src_h / src_w vs h / w.
+  tall = src_h * hw[1] > src_w * hw[0]
+  want_w = tf.cast(tf.round(tf.cast(src_h, tf.float64) * hw[1] / hw[0]), tf.int32)
+  want_h = tf.cast(tf.round(tf.cast(src_w, tf.float64) * hw[0] / hw[1]), tf.int32)
+  pad_h = tf.where(tall, 0, tf.maximum(want_h - src_h, 0))
+  pad_w = tf.where(tall, tf.maximum(want_w - src_w, 0), 0)
+  return tf.stack([[pad_h // 2, pad_h - pad_h // 2], [pad_w // 2, pad_w - pad_w // 2]])
+
+
+def pad_to_aspect(image: tf.Tensor, hw: tuple[int, int], fill: tuple[int, int, int]) -> tf.Tensor:
+  """Pads an image with `fill` to the aspect of `hw` (`aspect_padding`).
+
+  `data.keep_aspect` pads with `schema.pad_fill`.
+
+  Args:
+    image: uint8 [H, W, 3].
+    hw: the target (height, width).
+    fill: the padding pixel, uint8 RGB.
+
+  Returns:
+    uint8 [H', W', 3] with H' / W' = height / width (to the nearest pixel).
+  """
+  paddings = tf.concat([aspect_padding(tf.shape(image)[:2], hw), [[0, 0]]], axis=0)
+  fill = tf.constant(fill, tf.int32)
+  return tf.cast(tf.pad(tf.cast(image, tf.int32) - fill, paddings) + fill, tf.uint8)
+
+
+def boxes_after_padding(boxes: tf.Tensor, size: tf.Tensor, paddings: tf.Tensor) -> tf.Tensor:
+  """Normalised [ymin, xmin, ymax, xmax] boxes of an image, in the frame of its padding.
+
+  Args:
+    boxes: float32 [..., 4], normalised to the image of `size`.
+    size: int32 [2], the image's (H, W).
+    paddings: int32 [2, 2] (`aspect_padding`).
+
+  Returns:
+    float32 [..., 4], normalised to the padded image.
+  """
+  size = tf.cast(size, tf.float32)
+  before = tf.cast(paddings[:, 0], tf.float32)
+  padded = size + tf.cast(tf.reduce_sum(paddings, axis=1), tf.float32)
+  scale = tf.tile(size / padded, [2])
+  shift = tf.tile(before / padded, [2])
+  return boxes * scale + shift
+
+
+def _maybe_pad_to_aspect(image: tf.Tensor, data_config) -> tf.Tensor:
+  fill = pad_fill(data_config)
+  return image if fill is None else pad_to_aspect(image, image_hw(data_config), fill)
+
+
+def _flip(image: tf.Tensor, seed: tf.Tensor, data_config) -> tf.Tensor:
+  if not data_config.random_flip:
+    return image
+  flip = tf.random.stateless_uniform([], seed) < 0.5
+  return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+
+
+def train_preprocess(image: tf.Tensor, seed: tf.Tensor, data_config) -> tf.Tensor:
+  """The train augmentation of `data.augment`, on one decoded image.
+
+  With `data.keep_aspect` the image is first padded to the aspect of image_size
+  (`pad_to_aspect`). Then 'paper' (`_paper_augment`) or 'rethinking'
+  (`_rethinking_augment`).
 
   Args:
     image: uint8 [H, W, 3].
@@ -206,49 +279,94 @@ def train_preprocess(image: tf.Tensor, seed: tf.Tensor, data_config) -> tf.Tenso
     data_config: `config.data`.
 
   Returns:
-    uint8 [image_size, image_size, 3].
+    uint8 [height, width, 3] of `image_hw(data_config)`.
+  """
+  augment = data_config.get('augment', 'paper')
+  if augment not in AUGMENTATIONS:
+    raise ValueError(f'data.augment: must be one of {AUGMENTATIONS}, got {augment!r}')
+  image = _maybe_pad_to_aspect(image, data_config)
+  seeds = tf.random.experimental.stateless_split(seed, 4)
+  if augment == 'rethinking':
+    return _rethinking_augment(image, seeds, data_config)
+  return _paper_augment(image, seeds, data_config)
+
+
+def _paper_augment(image: tf.Tensor, seeds: tf.Tensor, data_config) -> tf.Tensor:
+  """The paper's train augmentation.
+
+  Resize the crop to resize_size², take a random square of side s ~ U[crop_min,
+  crop_max] at a random position, resize it to image_size², flip at random. For an
+  image_size of (height, width) the sides above count along the height and the
+  widths follow the aspect: resize to resize_size x round(resize_size * width /
+  height), a crop of s x round(s * width / height), resized to height x width (the
+  square recipe when height == width). The first resize and the crop are folded
+  into one: the window of the original image that the crop covers (rounded to whole
+  source pixels, at most half a source pixel off) is sliced out and resized once to
+  image_size (one interpolation instead of two, and 3x cheaper than
+  `crop_and_resize`), with the same antialiasing rule as `eval_preprocess`.
   """
   r = data_config.resize_size
-  size = data_config.image_size
+  hw = image_hw(data_config)
   if not 0 < data_config.crop_min <= data_config.crop_max <= r:
     raise ValueError(
       f'Need 0 < data.crop_min ({data_config.crop_min}) <= data.crop_max '
       f'({data_config.crop_max}) <= data.resize_size ({r}).'
     )
-  seeds = tf.random.experimental.stateless_split(seed, 4)
+  aspect = hw[1] / hw[0]
   side = tf.random.stateless_uniform(
     [], seeds[0], data_config.crop_min, data_config.crop_max + 1, dtype=tf.int32
   )
   side_f = tf.cast(side, tf.float32)
-  room = float(r) - side_f
-  y0 = tf.floor(tf.random.stateless_uniform([], seeds[1]) * (room + 1.0))
-  x0 = tf.floor(tf.random.stateless_uniform([], seeds[2]) * (room + 1.0))
-  # The square [y0, y0 + s) x [x0, x0 + s) of the resized image, in source pixels.
-  hw = tf.shape(image)[:2]
-  scale = tf.cast(hw, tf.float32) / float(r)
+  # The crop's (height, width) and the resized image's, in pixels of the resized image.
+  crop = tf.stack([side_f, tf.maximum(tf.round(side_f * aspect), 1.0)])
+  resized = tf.constant([r, max(round(r * aspect), 1)], tf.float32)
+  room = resized - crop
+  y0 = tf.floor(tf.random.stateless_uniform([], seeds[1]) * (room[0] + 1.0))
+  x0 = tf.floor(tf.random.stateless_uniform([], seeds[2]) * (room[1] + 1.0))
+  # The window [y0, y0 + crop_h) x [x0, x0 + crop_w) of the resized image, in source pixels.
+  src = tf.shape(image)[:2]
+  scale = tf.cast(src, tf.float32) / resized
   corner = tf.stack([y0, x0])
-  start = tf.minimum(tf.cast(tf.round(corner * scale), tf.int32), hw - 1)
-  end = tf.cast(tf.round((corner + side_f) * scale), tf.int32)
-  extent = tf.clip_by_value(end - start, 1, hw - start)
+  start = tf.minimum(tf.cast(tf.round(corner * scale), tf.int32), src - 1)
+  end = tf.cast(tf.round((corner + crop) * scale), tf.int32)
+  extent = tf.clip_by_value(end - start, 1, src - start)
   window = tf.slice(image, tf.concat([start, [0]], 0), tf.concat([extent, [3]], 0))
-  out = _to_uint8(_resize(window, size))
-  if data_config.random_flip:
-    flip = tf.random.stateless_uniform([], seeds[3]) < 0.5
-    out = tf.cond(flip, lambda: tf.reverse(out, axis=[1]), lambda: out)
-  return out
+  return _flip(_to_uint8(_resize(window, hw)), seeds[3], data_config)
+
+
+def _rethinking_augment(image: tf.Tensor, seeds: tf.Tensor, data_config) -> tf.Tensor:
+  """Rethinking_of_PAR's train augmentation (their `dataset/augmentation.py`, 'pedes').
+
+  Resize to image_size (their `T.Resize((height, width))`), pad `data.crop_padding`
+  pixels of zeros on every side (`T.Pad(10)`: constant fill 0), take an image_size
+  window at offsets drawn uniformly from [0, 2 * padding] on each axis
+  (`T.RandomCrop`), flip at random (`T.RandomHorizontalFlip`).
+  """
+  hw = image_hw(data_config)
+  p = int(data_config.crop_padding)
+  resized = _to_uint8(_resize(image, hw))
+  padded = tf.pad(resized, [[p, p], [p, p], [0, 0]])
+  y0 = tf.random.stateless_uniform([], seeds[1], 0, 2 * p + 1, dtype=tf.int32)
+  x0 = tf.random.stateless_uniform([], seeds[2], 0, 2 * p + 1, dtype=tf.int32)
+  window = tf.slice(padded, tf.stack([y0, x0, 0]), [hw[0], hw[1], 3])
+  return _flip(window, seeds[3], data_config)
 
 
 def eval_preprocess(image: tf.Tensor, data_config) -> tf.Tensor:
-  """Eval: resize to image_size² (antialiased, as PIL/torchvision resize).
+  """Eval: resize to image_size (antialiased, as PIL/torchvision resize).
+
+  With `data.keep_aspect` the image is first padded to image_size's aspect with the
+  mean pixel (`pad_to_aspect`, `schema.pad_fill`), as in training.
 
   Args:
     image: uint8 [H, W, 3].
     data_config: `config.data`.
 
   Returns:
-    uint8 [image_size, image_size, 3].
+    uint8 [height, width, 3] of `image_hw(data_config)`.
   """
-  return _to_uint8(_resize(image, data_config.image_size))
+  image = _maybe_pad_to_aspect(image, data_config)
+  return _to_uint8(_resize(image, image_hw(data_config)))
 
 
 def _options() -> tf.data.Options:
@@ -400,13 +518,19 @@ def eval_batches(
     return _without(_encoded(builder, split).shard(process_count, process_index), bad)
 
   def prepare_example(ex):
+    image = decode(ex['image'])
     out = {
-      'image': eval_preprocess(decode(ex['image']), data_config),
+      'image': eval_preprocess(image, data_config),
       'labels': ex['labels'],
       'index': tf.cast(ex['index'], tf.int32),
       'mask': tf.constant(True),
     }
     out.update({k: ex[k] for k in extra_keys})
+    if 'cue_boxes' in out and pad_fill(data_config) is not None:
+      # The boxes of the crop, in the frame of the padded image the model sees.
+      size = tf.shape(image)[:2]
+      paddings = aspect_padding(size, image_hw(data_config))
+      out['cue_boxes'] = boxes_after_padding(out['cue_boxes'], size, paddings)
     return out
 
   def make_batches(skip):

@@ -34,7 +34,7 @@ import numpy as np
 from absl import logging
 from flax import linen as nn
 
-from jaxattr import inference, metrics, sharding
+from jaxattr import inference, metrics, schema, sharding
 from jaxattr.models import model as model_lib
 
 # The split roles an evaluator's `split` may name, and the config field holding each.
@@ -162,8 +162,7 @@ class Context:
 
   def grids(self, variables: dict[str, Any]) -> dict[int, tuple[int, int]]:
     """(h, w) of the attention masks per level (shapes only, nothing runs)."""
-    size = self.config.data.image_size
-    image = jax.ShapeDtypeStruct((1, size, size, 3), np.uint8)
+    image = jax.ShapeDtypeStruct((1, *schema.image_hw(self.config.data), 3), np.uint8)
     masks = jax.eval_shape(self.infer_fn, variables, image)['masks']
     levels = self.config.model.attention.levels
     return {int(lv): tuple(m.shape[1:3]) for lv, m in zip(levels, masks, strict=True)}

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxattr import inference, metrics
+from jaxattr import inference, metrics, schema
 from jaxattr.evaluators import common
 
 
@@ -199,8 +199,7 @@ class PointingEvaluator(common.Evaluator):
   def grids(self, variables: dict[str, Any]) -> dict[int | str, tuple[int, int]]:
     """(h, w) of each level's masks and of the CAM (k2), from shapes only."""
     config = self.ctx.config
-    size = config.data.image_size
-    image = jax.ShapeDtypeStruct((1, size, size, 3), jnp.uint8)
+    image = jax.ShapeDtypeStruct((1, *schema.image_hw(config.data), 3), jnp.uint8)
     _, k2 = jax.eval_shape(
       lambda v, x: _apply_with_k2(self.ctx.model, v, x, config.data), variables, image
     )
