@@ -57,9 +57,7 @@ _REMAT = flags.DEFINE_list('remats', ['false', 'true'], 'model.remat values.')
 # --image_size (224) and --num_classes (14, WIDER-Attribute) are bench_train's flags.
 _IMAGE_SIZE = bench_train._IMAGE_SIZE
 _NUM_CLASSES = bench_train._NUM_CLASSES
-_OUT = flags.DEFINE_string(
-  'table_out', None, 'Markdown file the table goes to (rows appended).'
-)
+_OUT = flags.DEFINE_string('table_out', None, 'Markdown file the table goes to (rows appended).')
 flags.mark_flag_as_required('table_out')
 
 GB = 1e9
@@ -85,9 +83,7 @@ def abstract_inputs(config, model, num_classes: int, mesh: jax.sharding.Mesh):
   """Shapes (with shardings) of the state and one train batch; nothing is allocated."""
   replicated = sharding.replicated(mesh)
   data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
-  shapes = jax.eval_shape(
-    train.train_state_init(config, model, bench_train.NUM_TRAIN, num_classes)
-  )
+  shapes = jax.eval_shape(train.train_state_init(config, model, bench_train.NUM_TRAIN, num_classes))
   state = jax.tree.map(
     lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes
   )
@@ -178,10 +174,7 @@ def measure(
   seconds = time.perf_counter() - start
   m = compiled.memory_analysis()
   peak_bytes = (
-    m.argument_size_in_bytes
-    + m.output_size_in_bytes
-    - m.alias_size_in_bytes
-    + m.temp_size_in_bytes
+    m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
   )
   peak = peak_bytes / GB
   residuals = residual_bytes(config, model, state, batch_shapes)
@@ -190,9 +183,7 @@ def measure(
   fixed = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
   estimate = peak_bytes
   if remat and without_remat is not None:
-    estimate = remat_estimate(
-      fixed, without_remat['_temp'], without_remat['_residuals'], residuals
-    )
+    estimate = remat_estimate(fixed, without_remat['_temp'], without_remat['_residuals'], residuals)
   return {
     'backbone': backbone,
     'batch': batch,
@@ -230,7 +221,7 @@ def _header() -> str:
       '# Train-step memory by backbone (XLA memory analysis, compiled for CPU as a proxy)',
       '',
       f'Command: `{" ".join(["python -m experiments.memory_table", *sys.argv[1:]])}`  ',
-      f'XLA_FLAGS: `{os.environ.get("XLA_FLAGS", "")}` (LLVM\'s level changes compile time, '
+      f"XLA_FLAGS: `{os.environ.get('XLA_FLAGS', '')}` (LLVM's level changes compile time, "
       'not the buffer plan)  ',
       f'Commit: {_commit()}; JAX {jax.__version__}; compiled for {jax.devices()[0].platform} '
       f'({cpu}, {os.cpu_count()} CPUs); started {started} UTC.',
@@ -243,7 +234,7 @@ def _header() -> str:
       "weights' compute-dtype copies). est. GPU peak: the peak, and with remat "
       '`remat_estimate` (arguments + outputs - aliased + the larger of the remat residuals '
       'and the remat-off temporaries less the residuals remat drops): the remat plan of '
-      "XLA:CPU saves nothing, it schedules the recomputation early. `fits`: the GPU sizes "
+      'XLA:CPU saves nothing, it schedules the recomputation early. `fits`: the GPU sizes '
       '(GB) whose 90 % holds the '
       "estimate. A CPU compile is a proxy for a GPU's: read +-20 %.",
       '',

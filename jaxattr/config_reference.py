@@ -65,6 +65,8 @@ def field_comments(source: str) -> dict[str, str]:
 def _default(value: Any) -> str:
   if isinstance(value, ml_collections.ConfigDict):
     value = value.to_dict()
+  if isinstance(value, ml_collections.FieldReference):  # A field of several types.
+    value = value.get()
   return f'`{value!r}`'
 
 

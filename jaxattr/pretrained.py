@@ -2,8 +2,8 @@
 
   python -m jaxattr.main --config=configs/wider.py:resnet101 --workdir=runs/r101 \
       --config.model.pretrained=torchvision:resnet101
-  python -m jaxattr.main --config=configs/clip.py --workdir=runs/clip \
-      --config.model.backbone=clip_vit_b_16 --config.model.pretrained=openai:ViT-B-16
+  python -m jaxattr.main --config=configs/peta.py:clip_vit_b_16 --workdir=runs/clip \
+      --config.model.pretrained=openai:ViT-B-16
 
 `resolve` turns such a spec into the directory of a converted backbone, which
 `load_into` reads as it reads any directory written by `python -m jaxattr.convert`.

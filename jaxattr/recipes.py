@@ -28,6 +28,26 @@ steps and the decay exclusions), which ConvNeXt's COCO runs follow (Liu et al. 2
   no gradient clipping, no layer-wise decay     as the source
 The source also uses stochastic depth 0.2 (Swin-T); jaxattr's recipe does not set it.
 Layer-wise lr decay (`optimizer.layer_decay`, ViT) stays an option, off.
+
+`CLIP`: OpenAI's CLIP image towers (`clip_vit_b_16`, `clip_vit_l_14`), PromptPAR's
+numbers (Wang et al., "Pedestrian Attribute Recognition via CLIP based Vision-Language
+Fusion with Prompt Tuning"; code Event-AHU/OpenPAR, PromptPAR/config.py and train.py;
+PETA mA 88.8 and PA-100K mA 87.5 with CLIP ViT-L/14):
+  CLIP's own mean and std                        its preprocessing (224x224 there)
+  SGD, momentum 0.9, weight decay 1e-4, batch 16
+  lr 8e-3 heads, 4e-3 tower                      `backbone_lr_scale` 0.5
+  5 warm-up epochs, then cosine; 100 epochs      the code's defaults
+  the tower trains from the first step           (as `TRANSFORMER`: the warm-up reaches
+                                                 it from lr 0)
+PromptPAR and SequencePAR train only prompts and heads, the tower frozen throughout: the
+config argument `frozen` does that (`train.freeze_backbone_epochs` = the whole run; the
+0.5 scale then has nothing to act on), e.g. `configs/peta.py:clip_vit_l_14,frozen`.
+Fine-tuning the whole tower at half the heads' rate is jaxattr's choice, not a number a
+paper reports. The weights are the backbone's published ones, OpenAI's (`model.pretrained`
+'published' = `openai:ViT-L-14` / `openai:ViT-B-16`). Memory
+(experiments/results/memory_table.md, a CPU-compiled estimate): ViT-L/14 with the
+paper's heads at batch 32 needs about 36 GB (a 40 GB GPU), about 7 GB with
+`--config.model.remat=True`; ViT-B/16 about 11 GB.
 """
 
 from typing import Any
@@ -54,12 +74,31 @@ TRANSFORMER = {
   'train.freeze_backbone_epochs': 0,
 }
 
+CLIP = {
+  'recipe': 'clip',
+  'data.mean': (0.48145466, 0.4578275, 0.40821073),  # OpenAI CLIP's `Normalize`.
+  'data.std': (0.26862954, 0.26130258, 0.27577711),
+  'optimizer.name': 'sgd',
+  'optimizer.learning_rate': 8e-3,
+  'optimizer.momentum': 0.9,
+  'optimizer.weight_decay': 1e-4,
+  'optimizer.backbone_lr_scale': 0.5,
+  'optimizer.grad_clip_norm': 0.0,
+  'optimizer.layer_decay': 0.0,
+  'schedule.name': 'cosine',
+  'schedule.warmup_epochs': 5.0,
+  'train.batch_size': 16,
+  'train.num_epochs': 100,
+  'train.freeze_backbone_epochs': 0,
+}
+
 # Backbone family (`registry.Backbone.family`) -> its recipe's fields; a family not
 # listed trains with the dataset's recipe (`PAPER`).
 FAMILIES: dict[str, dict[str, Any]] = {
   'vit': TRANSFORMER,
   'swin': TRANSFORMER,
   'convnext': TRANSFORMER,
+  'clip': CLIP,
 }
 
 

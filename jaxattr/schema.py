@@ -55,6 +55,8 @@ AP_DEFINITIONS = ('voc', 'sklearn')
 PEERS_PROTOCOL = 'peers_protocol'
 # The config argument that takes Rethinking_of_PAR's input (`apply_args`).
 RETHINKING_INPUT = 'rethinking'
+# The config argument that freezes the backbone for the whole run (`apply_args`).
+FROZEN_BACKBONE = 'frozen'
 MISSING = '(absent)'  # The value of a field that one of two compared configs lacks.
 # The named values of `model.pretrained`: the backbone's published ImageNet weights
 # (`jaxattr.pretrained` resolves them), or random weights on purpose.
@@ -774,8 +776,11 @@ def apply_args(config: ml_collections.ConfigDict, arg: str | None) -> ml_collect
   result as the peers' protocol (`evaluators.add_peers_protocol`; it never selects).
   `rethinking` takes Rethinking_of_PAR's input (`configs/pedes_baseline/*.yaml`, HEIGHT
   256 and WIDTH 192; `dataset/augmentation.py`: resize to 256x192, pad 10 px of zeros,
-  random 256x192 crop, flip; ImageNet mean and std), so a recipe trains on what their
-  tables were made with.
+  random 256x192 crop, flip; their ImageNet mean and std are the recipes' own), so a recipe
+  trains on what their tables were made with. Then the backbone's family recipe, if it has
+  one (`recipes.apply`), replaces the config's optimisation fields; `frozen` then keeps the
+  backbone frozen for the whole run (only the heads train, as the CLIP-based PAR methods
+  do: `recipes.CLIP`).
 
   Args:
     config: the config to change in place.
@@ -797,13 +802,15 @@ def apply_args(config: ml_collections.ConfigDict, arg: str | None) -> ml_collect
       config.data.augment = 'rethinking'
       config.data.crop_padding = 10
       config.data.keep_aspect = False
-      config.data.mean, config.data.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    else:
-      expected = (*backbones, PEERS_PROTOCOL, RETHINKING_INPUT)
+    elif token != FROZEN_BACKBONE:
+      expected = (*backbones, PEERS_PROTOCOL, RETHINKING_INPUT, FROZEN_BACKBONE)
       raise ValueError(f'Unknown config argument {token!r}; expected one of {expected}.')
   from jaxattr import recipes
 
-  return recipes.apply(config)
+  recipes.apply(config)
+  if FROZEN_BACKBONE in (arg or '').split(','):
+    config.train.freeze_backbone_epochs = config.train.num_epochs
+  return config
 
 
 @functools.cache

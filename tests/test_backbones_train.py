@@ -24,8 +24,9 @@ pytestmark = pytest.mark.slow  # Trains several backbones and launches the tools
 # family -> (registered architecture, width, depth): k1 / k2 of 4x4 / 4x4 (ViT, D = 48),
 # 4x4 / 2x2 (Swin, C = 48 / 96; ConvNeXt, C = 24 / 48) at 64x64. Depth 1/4 keeps 3 of
 # ViT's 12 blocks (k1 after the second), a plain and a shifted block per Swin stage
-# (2, 2, 2, 2), and 1, 1, 2, 1 ConvNeXt blocks; CLIP B/16 as ViT (D = 48, 3 blocks): the same code paths, at half the cold
-# compile time of the full depths (what these tests spend most of their time on).
+# (2, 2, 2, 2), and 1, 1, 2, 1 ConvNeXt blocks; CLIP B/16 as ViT (D = 48, 3 blocks): the
+# same code paths, at half the cold compile time of the full depths (what these tests
+# spend most of their time on).
 FAMILIES = {
   'vit': ('vit_b_16', 1 / 16, 1 / 4),
   'swin': ('swin_t', 1 / 8, 1 / 4),

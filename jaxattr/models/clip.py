@@ -239,9 +239,7 @@ class ClipVisionTransformer(nn.Module):
     final = layer_norm(dt, pdt, 'ln_post', LN_EPSILON)(final)
     proj = self.param('proj', std, (d, e), pdt)
     pooled = final[:, 0]
-    embedding = jnp.matmul(
-      pooled, proj.astype(pooled.dtype), precision=jax.lax.Precision.HIGHEST
-    )
+    embedding = jnp.matmul(pooled, proj.astype(pooled.dtype), precision=jax.lax.Precision.HIGHEST)
     return {
       'k1': tap[:, 1:].reshape(b, gh, gw, d),
       'k2': final[:, 1:].reshape(b, gh, gw, d),
@@ -336,4 +334,3 @@ def adapt_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
     if key in visual and np.ndim(visual[key]) == 2:
       visual[key] = np.asarray(visual[key]).T
   return visual
-
