@@ -49,6 +49,7 @@ same code path. `remat` recomputes each block's activations in the backward pass
 """
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,9 +58,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxattr.models.backbone import creator, linear, remat_block
-from jaxattr.models.resnet import scale_blocks, scale_channels, torch_linear_init
-from jaxattr.models.vit import SelfAttention, layer_norm, resize_grid
+from jaxattr.models.backbone import creator, linear
+from jaxattr.models.resnet import scale_channels, torch_linear_init
+from jaxattr.models.vit import (
+  EncoderLayers,
+  SelfAttention,
+  VisionTransformer,
+  ViTSpec,
+  layer_norm,
+  patch_grid,
+  resize_grid,
+  spec_fields,
+  spec_tap_channels,
+  token_grids,
+  with_class_token,
+)
 
 Array = jax.Array
 Dtype = Any
@@ -109,70 +122,31 @@ class ResidualAttentionBlock(nn.Module):
     return x + y.astype(x.dtype)
 
 
-class Resblocks(nn.Module):
-  """CLIP's `transformer.resblocks` Sequential (`0`, `1`, ...); returns the tap too."""
-
-  num_layers: int
-  num_heads: int
-  mlp_dim: int
-  tap_after: int
-  remat: bool = False
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> tuple[Array, Array]:
-    """Returns `(tokens after `tap_after` blocks, tokens after the last block)`."""
-    block = remat_block(ResidualAttentionBlock, self.remat, has_train=False)
-    tap = x
-    for i in range(self.num_layers):
-      x = block(self.num_heads, self.mlp_dim, self.dtype, self.param_dtype, name=str(i))(x)
-      if i + 1 == self.tap_after:
-        tap = x
-    return tap, x
+# CLIP's `transformer.resblocks` Sequential (`0`, `1`, ...), returning the tap too.
+Resblocks = functools.partial(EncoderLayers, block=ResidualAttentionBlock, prefix='')
 
 
 class Transformer(nn.Module):
   """CLIP's `transformer`, which holds only `resblocks` (the field's name is its Flax name)."""
 
-  resblocks: Resblocks
+  resblocks: EncoderLayers
 
   def __call__(self, x: Array) -> tuple[Array, Array]:
     return self.resblocks(x)
 
 
-class ClipVisionTransformer(nn.Module):
+class ClipVisionTransformer(VisionTransformer):
   """The image tower of OpenAI's CLIP ViTs (open_clip's `VisionTransformer`, QuickGELU).
 
+  The fields are `VisionTransformer`'s (L/14: patch 14, 24 blocks, 16 heads, `tap_after`
+  16), plus the width of the projected embedding; `num_classes` must stay None (CLIP has
+  no ImageNet head: the contract's `logits`).
+
   Attributes:
-    patch_size: side of the square patches (16 for B/16, 14 for L/14).
-    num_layers: blocks (12 / 24).
-    num_heads: attention heads (12 / 16).
-    head_dim: channels per head at `width=1` (64; D = num_heads * head_dim * width).
-    mlp_dim: hidden width of the MLP at `width=1` (4D).
-    output_dim: E, the width of `embedding` at `width=1` (512 / 768).
-    image_size: the side the position embedding was trained for (224).
-    tap_after: `k1` is read after this many blocks (two thirds of `num_layers`).
-    width: multiplier of head_dim, mlp_dim and output_dim (1.0 = OpenAI's).
-    num_classes: must be None: CLIP has no ImageNet head (the contract's `logits`).
-    remat: rematerialise each block in the backward pass (`backbone.remat_block`).
-    dtype: compute dtype.
-    param_dtype: parameter dtype.
+    output_dim: E, the width of `embedding` at `width=1` (512 / 768), times `width`.
   """
 
-  patch_size: int = 16
-  num_layers: int = 12
-  num_heads: int = 12
-  head_dim: int = 64
-  mlp_dim: int = 3072
   output_dim: int = 512
-  image_size: int = 224
-  tap_after: int = 8
-  width: float = 1.0
-  num_classes: int | None = None
-  remat: bool = False
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> dict[str, Array]:
@@ -194,9 +168,7 @@ class ClipVisionTransformer(nn.Module):
     if self.num_classes is not None:
       raise ValueError('CLIP image towers have no ImageNet head; num_classes must be None.')
     dt, pdt, p = self.dtype, self.param_dtype, self.patch_size
-    b, h, w, _ = x.shape
-    if h % p or w % p:
-      raise ValueError(f'CLIP input {h}x{w} is not a multiple of the patch size {p}.')
+    gh, gw = patch_grid('CLIP', x.shape, p)
     d = self.num_heads * scale_channels(self.head_dim, self.width)
     e = scale_channels(self.output_dim, self.width)
     # open_clip: Conv2d's default init (bound 1/sqrt(fan_in)); embeddings and proj
@@ -212,7 +184,6 @@ class ClipVisionTransformer(nn.Module):
       param_dtype=pdt,
       name='conv1',
     )(x)
-    gh, gw = h // p, w // p
     std = nn.initializers.normal(d**-0.5)
     cls = self.param('class_embedding', std, (d,), pdt)
     pos_grid = self.image_size // p
@@ -220,9 +191,7 @@ class ClipVisionTransformer(nn.Module):
     pos = pos.astype(jnp.promote_types(pdt, jnp.float32))
     patches = resize_grid(pos[1:].reshape(pos_grid, pos_grid, d), (gh, gw))
     pos = jnp.concatenate([pos[:1], patches.reshape(gh * gw, d)], axis=0)
-    tokens = jnp.concatenate(
-      [jnp.broadcast_to(cls.astype(x.dtype), (b, 1, d)), x.reshape(b, gh * gw, d)], axis=1
-    )
+    tokens = with_class_token(cls, x)
     tokens = tokens + pos.astype(tokens.dtype)
     tokens = layer_norm(dt, pdt, 'ln_pre', LN_EPSILON)(tokens).astype(x.dtype)
     resblocks = Resblocks(  # Unbound (parent=None): `Transformer` adopts it as `resblocks`.
@@ -238,72 +207,37 @@ class ClipVisionTransformer(nn.Module):
     tap, final = Transformer(resblocks, name='transformer')(tokens)
     final = layer_norm(dt, pdt, 'ln_post', LN_EPSILON)(final)
     proj = self.param('proj', std, (d, e), pdt)
-    pooled = final[:, 0]
-    embedding = jnp.matmul(pooled, proj.astype(pooled.dtype), precision=jax.lax.Precision.HIGHEST)
-    return {
-      'k1': tap[:, 1:].reshape(b, gh, gw, d),
-      'k2': final[:, 1:].reshape(b, gh, gw, d),
-      'pooled': pooled,
-      'embedding': embedding,
-    }
+    out = token_grids(tap, final, (gh, gw))
+    pooled = out['pooled']
+    out['embedding'] = jnp.matmul(
+      pooled, proj.astype(pooled.dtype), precision=jax.lax.Precision.HIGHEST
+    )
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
-class ClipSpec:
-  """The architecture of one OpenAI CLIP image tower (width 1)."""
+class ClipSpec(ViTSpec):
+  """The architecture of one OpenAI CLIP image tower (width 1): a ViT's, plus E."""
 
-  patch_size: int
-  num_layers: int
-  num_heads: int
-  hidden_dim: int
-  output_dim: int
-  image_size: int = 224
-
-  @property
-  def head_dim(self) -> int:
-    return self.hidden_dim // self.num_heads
+  output_dim: int = 512
 
 
 CLIP_SPECS = {
-  'clip_vit_b_16': ClipSpec(16, 12, 12, 768, 512),
-  'clip_vit_l_14': ClipSpec(14, 24, 16, 1024, 768),
+  'clip_vit_b_16': ClipSpec(16, 12, 12, 768, 4 * 768, output_dim=512),
+  'clip_vit_l_14': ClipSpec(14, 24, 16, 1024, 4 * 1024, output_dim=768),
 }
 
 
 def clip_tap_channels(name: str, width: float = 1.0) -> tuple[int, int]:
-  """Channels of `k1` and `k2` (both D, e.g. (768, 768) for clip_vit_b_16 at width 1).
-
-  Args:
-    name: a key of `CLIP_SPECS`.
-    width: the multiplier of the head dimension.
-
-  Returns:
-    `(D, D)`.
-  """
-  spec = CLIP_SPECS[name]
-  d = spec.num_heads * scale_channels(spec.head_dim, width)
-  return d, d
+  """Channels of `k1` and `k2` (both D, e.g. (768, 768) for clip_vit_b_16 at width 1)."""
+  return spec_tap_channels(CLIP_SPECS[name], width)
 
 
 def clip_fields(name: str, width: float, depth: float) -> dict[str, Any]:
-  """`ClipVisionTransformer`'s fields for `name` (`backbone.creator`).
-
-  `width` multiplies the head dimension, the MLP width and E, `depth` the blocks
-  (`resnet.scale_blocks`); `k1` stays two thirds of the way through.
-  """
+  """`ClipVisionTransformer`'s fields for `name` (`backbone.creator`): `vit.spec_fields`
+  and E (`width` multiplies it too)."""
   spec = CLIP_SPECS[name]
-  layers = scale_blocks(spec.num_layers, depth)
-  return {
-    'patch_size': spec.patch_size,
-    'num_layers': layers,
-    'num_heads': spec.num_heads,
-    'head_dim': spec.head_dim,
-    'mlp_dim': 4 * spec.hidden_dim,
-    'output_dim': spec.output_dim,
-    'image_size': spec.image_size,
-    'tap_after': max(1, (2 * layers) // 3),
-    'width': width,
-  }
+  return {**spec_fields(spec, width, depth), 'output_dim': spec.output_dim}
 
 
 create_clip = creator(ClipVisionTransformer, clip_fields)

@@ -116,6 +116,31 @@ def resize_grid(grid: Array, size: tuple[int, int]) -> Array:
   return jnp.einsum('ah,bw,hwd->abd', rows, cols, grid, precision=jax.lax.Precision.HIGHEST)
 
 
+def patch_grid(kind: str, shape: tuple[int, ...], patch_size: int) -> tuple[int, int]:
+  """(H/P, W/P) of an image batch [B, H, W, C]; a clear error when it is not whole patches."""
+  _, h, w, _ = shape
+  if h % patch_size or w % patch_size:
+    raise ValueError(f'{kind} input {h}x{w} is not a multiple of the patch size {patch_size}.')
+  return h // patch_size, w // patch_size
+
+
+def with_class_token(cls: Array, patches: Array) -> Array:
+  """[B, 1 + N, D] tokens: the class token, then the patch grid [B, gh, gw, D] row-major."""
+  b, gh, gw, d = patches.shape
+  cls = jnp.broadcast_to(cls.astype(patches.dtype).reshape(1, 1, d), (b, 1, d))
+  return jnp.concatenate([cls, patches.reshape(b, gh * gw, d)], axis=1)
+
+
+def token_grids(tap: Array, final: Array, grid: tuple[int, int]) -> dict[str, Array]:
+  """The taps `k1` / `k2` as NHWC grids (the class token dropped) and `pooled` (it)."""
+  b, _, d = final.shape
+  return {
+    'k1': tap[:, 1:].reshape(b, *grid, d),
+    'k2': final[:, 1:].reshape(b, *grid, d),
+    'pooled': final[:, 0],
+  }
+
+
 def _norm_dtype(dtype: Dtype) -> Dtype:
   """float32 for reduced-precision compute, else the compute dtype (float64 in tests)."""
   return jnp.promote_types(dtype, jnp.float32)
@@ -202,7 +227,10 @@ class EncoderBlock(nn.Module):
 
 
 class EncoderLayers(nn.Module):
-  """torchvision's `encoder.layers` Sequential (`encoder_layer_0` ...); returns the tap too."""
+  """torchvision's `encoder.layers` Sequential (`encoder_layer_0` ...); returns the tap too.
+
+  `block` and `prefix` name another tower's blocks (CLIP's `resblocks.0`, ...).
+  """
 
   num_layers: int
   num_heads: int
@@ -211,15 +239,19 @@ class EncoderLayers(nn.Module):
   remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  block: Any = (
+    None  # The block module (num_heads, mlp_dim, dtype, param_dtype); None: EncoderBlock.
+  )
+  prefix: str = 'encoder_layer_'
 
   @nn.compact
   def __call__(self, x: Array) -> tuple[Array, Array]:
     """Returns `(tokens after `tap_after` blocks, tokens after the last block)`."""
-    block = remat_block(EncoderBlock, self.remat, has_train=False)
+    block = remat_block(self.block or EncoderBlock, self.remat, has_train=False)
     tap = x
     for i in range(self.num_layers):
       x = block(
-        self.num_heads, self.mlp_dim, self.dtype, self.param_dtype, name=f'encoder_layer_{i}'
+        self.num_heads, self.mlp_dim, self.dtype, self.param_dtype, name=f'{self.prefix}{i}'
       )(x)
       if i + 1 == self.tap_after:
         tap = x
@@ -312,9 +344,7 @@ class VisionTransformer(nn.Module):
     """
     del train
     dt, pdt, p = self.dtype, self.param_dtype, self.patch_size
-    b, h, w, _ = x.shape
-    if h % p or w % p:
-      raise ValueError(f'ViT input {h}x{w} is not a multiple of the patch size {p}.')
+    gh, gw = patch_grid('ViT', x.shape, p)
     d = self.num_heads * scale_channels(self.head_dim, self.width)
     # torchvision: trunc_normal_(std=sqrt(1/fan_in)) truncated at +-2 (absolute), which
     # at std ~0.036 cuts nothing: a plain normal with variance 1/fan_in.
@@ -328,11 +358,8 @@ class VisionTransformer(nn.Module):
       param_dtype=pdt,
       name='conv_proj',
     )(x)
-    gh, gw = h // p, w // p
     cls = self.param('class_token', nn.initializers.zeros, (1, 1, d), pdt)
-    tokens = jnp.concatenate(
-      [jnp.broadcast_to(cls.astype(x.dtype), (b, 1, d)), x.reshape(b, gh * gw, d)], axis=1
-    )
+    tokens = with_class_token(cls, x)
     tap, final = Encoder(
       (gh, gw),
       self.image_size // p,
@@ -345,11 +372,7 @@ class VisionTransformer(nn.Module):
       pdt,
       name='encoder',
     )(tokens)
-    out = {
-      'k1': tap[:, 1:].reshape(b, gh, gw, d),
-      'k2': final[:, 1:].reshape(b, gh, gw, d),
-      'pooled': final[:, 0],
-    }
+    out = token_grids(tap, final, (gh, gw))
     if self.num_classes is not None:
       logits = Heads(self.num_classes, dt, pdt, name='heads')(final[:, 0])
       out['logits'] = logits.astype(_norm_dtype(dt))
@@ -387,29 +410,18 @@ class ViTSpec:
 VIT_SPECS = {'vit_b_16': ViTSpec(16, 12, 12, 768, 3072)}
 
 
-def vit_tap_channels(name: str, width: float = 1.0) -> tuple[int, int]:
-  """Channels of `k1` and `k2` (both D, e.g. (768, 768) for vit_b_16 at width 1).
-
-  Args:
-    name: a key of `VIT_SPECS`.
-    width: the multiplier of the head dimension.
-
-  Returns:
-    `(D, D)`.
-  """
-  spec = VIT_SPECS[name]
+def spec_tap_channels(spec: ViTSpec, width: float = 1.0) -> tuple[int, int]:
+  """Channels of `k1` and `k2` of a ViT-shaped tower: both D (e.g. 768 for ViT-B at width 1)."""
   d = spec.num_heads * scale_channels(spec.head_dim, width)
   return d, d
 
 
-def vit_fields(name: str, width: float, depth: float) -> dict[str, Any]:
-  """`VisionTransformer`'s fields for torchvision's 'vit_b_16' (`backbone.creator`).
+def spec_fields(spec: ViTSpec, width: float, depth: float) -> dict[str, Any]:
+  """`VisionTransformer`'s fields for `spec`.
 
   `width` multiplies the head dimension and the MLP width, `depth` the blocks
-  (`resnet.scale_blocks`; 1.0 = torchvision's 12); `k1` stays two thirds of the
-  way through.
+  (`resnet.scale_blocks`); `k1` stays two thirds of the way through.
   """
-  spec = VIT_SPECS[name]
   layers = scale_blocks(spec.num_layers, depth)
   return {
     'patch_size': spec.patch_size,
@@ -421,6 +433,16 @@ def vit_fields(name: str, width: float, depth: float) -> dict[str, Any]:
     'tap_after': max(1, (2 * layers) // 3),
     'width': width,
   }
+
+
+def vit_tap_channels(name: str, width: float = 1.0) -> tuple[int, int]:
+  """Channels of `k1` and `k2` of a key of `VIT_SPECS` (both D, (768, 768) for vit_b_16)."""
+  return spec_tap_channels(VIT_SPECS[name], width)
+
+
+def vit_fields(name: str, width: float, depth: float) -> dict[str, Any]:
+  """`VisionTransformer`'s fields for torchvision's 'vit_b_16' (`backbone.creator`)."""
+  return spec_fields(VIT_SPECS[name], width, depth)
 
 
 create_vit = creator(VisionTransformer, vit_fields)
