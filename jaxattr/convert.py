@@ -294,8 +294,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
       import torch
     except ImportError as e:
       raise ImportError(
-        f'Reading {path.name} needs torch (pip install torch, or jaxattr[torch]); '
-        'or save the state dict as .npz elsewhere and convert that.'
+        f'Reading {path.name} needs torch (pip install torch, or pip install -e ".[torch]" '
+        'in the clone); or save the state dict as .npz elsewhere and convert that.'
       ) from e
     if _is_torchscript(path):
       # OpenAI's CLIP files are TorchScript archives, read as OpenAI's `clip.load` does;

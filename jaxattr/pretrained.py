@@ -366,8 +366,8 @@ def _require_torch(spec: str, name: str, manual: str) -> None:
     import torch  # noqa: F401
   except ImportError as e:
     raise PretrainedError(
-      f'{spec}: reading {name} needs torch: pip install "jaxattr[torch]" (the CPU wheel is '
-      f'enough); or, where torch is installed, {manual}.'
+      f'{spec}: reading {name} needs torch: pip install -e ".[torch]" in the clone (the CPU '
+      f'wheel is enough); or, where torch is installed, {manual}.'
     ) from e
 
 

@@ -131,14 +131,14 @@ def test_training_starts_from_a_converted_vit(data_dir, tmp_path):
   )
 
 
-# --- The tools on a ViT run ---------------------------------------------------------------
+# --- The tools on a ViT run and a CLIP run ------------------------------------------------
 
 
-@pytest.fixture(scope='module')
-def vit_run(tmp_path_factory, data_dir):
-  """One `python -m jaxattr.main` run of configs/test.py with the tiny ViT."""
-  workdir = tmp_path_factory.mktemp('vit_tools') / 'run'
-  backbone, width, depth = FAMILIES['vit']
+@pytest.fixture(scope='module', params=['vit', 'clip'])
+def vit_run(request, tmp_path_factory, data_dir):
+  """One `python -m jaxattr.main` run of configs/test.py with the tiny ViT or CLIP tower."""
+  workdir = tmp_path_factory.mktemp(f'{request.param}_tools') / 'run'
+  backbone, width, depth = FAMILIES[request.param]
   proc = run_tool(
     'jaxattr.main',
     '--config=configs/test.py',
@@ -156,7 +156,7 @@ def vit_run(tmp_path_factory, data_dir):
 def test_evaluate_export_and_predict_a_vit_run(vit_run, images, tmp_path):  # noqa: F811
   workdir = vit_run
   config = json.loads((workdir / 'config.json').read_text())
-  assert config['model']['backbone'] == 'vit_b_16'
+  assert config['model']['backbone'] in ('vit_b_16', 'clip_vit_b_16')
 
   proc = run_tool('jaxattr.evaluate', f'--workdir={workdir}')
   assert proc.returncode == 0, proc.stderr[-3000:]

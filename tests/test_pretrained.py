@@ -240,7 +240,7 @@ def test_missing_torch_is_one_line_before_downloading(served, tmp_path, monkeypa
   monkeypatch.setitem(sys.modules, 'torch', None)  # Any `import torch` now raises ImportError.
   with pytest.raises(pretrained.PretrainedError) as e:
     _resolve(tmp_path, served.url)
-  _one_line_error(e, 'pip install "jaxattr[torch]"')
+  _one_line_error(e, 'pip install -e ".[torch]" in the clone')
   assert served.requests == []
 
 
