@@ -19,10 +19,6 @@ from matplotlib.figure import Figure
 from jaxattr import config_validation
 from jaxattr.run import files, layout
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A finished run folder (with results.json).')
-_OUT = flags.DEFINE_string('out', '', 'The PNG to write ("" = <workdir>/ap_vs_ratio.png).')
-_SPLIT = flags.DEFINE_string('split', 'test', 'Which block of results.json: test or validation.')
-
 
 def points(workdir: str | Path, split: str = 'test') -> list[tuple[str, float, float]]:
   """(name, train positive ratio, AP) per attribute with a defined AP, as fractions.
@@ -94,17 +90,26 @@ def plot(workdir: str | Path, out: str | Path, split: str = 'test', dpi: int = 1
   return out
 
 
+def define_flags() -> None:
+  """The script's flags (defined only when it runs, so tests can import it beside others)."""
+  flags.DEFINE_string('workdir', None, f'A finished run folder (with its {layout.RESULTS}).')
+  flags.DEFINE_string('out', '', 'The PNG to write ("" = <workdir>/ap_vs_ratio.png).')
+  flags.DEFINE_string('split', 'test', "Which split of the run's results: test or validation.")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  problem = config_validation.run_folder('--workdir', _WORKDIR.value)
+  workdir, out, split = flags.FLAGS.workdir, flags.FLAGS.out, flags.FLAGS.split
+  problem = config_validation.run_folder('--workdir', workdir)
   config_validation.exit_if_problems([problem] if problem else [], 'experiments.ap_vs_ratio')
-  out = _OUT.value or Path(_WORKDIR.value) / 'ap_vs_ratio.png'
+  out = out or Path(workdir) / 'ap_vs_ratio.png'
   try:
-    print(plot(_WORKDIR.value, out, _SPLIT.value))
+    print(plot(workdir, out, split))
   except layout.RunError as error:
     raise SystemExit(f'experiments.ap_vs_ratio: {error}') from None
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

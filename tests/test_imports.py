@@ -70,7 +70,7 @@ def test_train_and_eval_steps_run_without_tensorflow():
       'data': {'image_size': 32, 'mean': (0.5, 0.5, 0.5), 'std': (0.25, 0.25, 0.25),
                'unknown_label': 'negative'},
       'model': {'backbone': 'resnet18', 'width': 0.0625, 'dtype': 'float32',
-                'param_dtype': 'float32', 'pretrained': '',
+                'param_dtype': 'float32', 'pretrained': '', 'drop_path_rate': 0.0,
                 'attention': {'levels': (3, 4), 'aggregation': 'score',
                               'confidence_weighting': True, 'mask_channels': 256,
                               'classifier_channels': (256, 512, 512)}},
@@ -82,7 +82,7 @@ def test_train_and_eval_steps_run_without_tensorflow():
                     'layer_decay': 0.0},
       'schedule': {'name': 'constant', 'factor': 0.1, 'patience': 1, 'min_lr': 1e-5,
                    'step_epochs': (), 'warmup_epochs': 0.0},
-      'train': {'num_epochs': 1},
+      'train': {'num_epochs': 1, 'ema_decay': 0.0, 'grad_accum_steps': 1},
     })
     mesh = sharding.create_mesh(jax.devices()[:1])
     model = model_lib.create_model(config.model, 3)

@@ -119,7 +119,7 @@ def test_parameter_counts_are_the_registrys():
 
 
 def test_flag_defaults_are_read():
-  assert '300 s' in flag_defaults().split(', '), 'main.py\'s --join_timeout_s default not found'
+  assert '300 s' in flag_defaults().split(', '), "main.py's --join_timeout_s default not found"
 
 
 def test_readme_has_figures_to_check():
