@@ -86,13 +86,10 @@ from jaxattr import convert
 from jaxattr.data.common import DataError
 from jaxattr.models import registry
 from jaxattr.optim import BACKBONE
+from jaxattr.schema import PUBLISHED, SCRATCH
 
 PREFIX = 'torchvision:'
 OPENAI_PREFIX = 'openai:'
-# Named values of `config.model.pretrained`: the backbone's published weights (torchvision's
-# IMAGENET1K_V1, OpenAI's for CLIP towers), or random initialisation.
-PUBLISHED = 'published'
-SCRATCH = 'scratch'
 DEFAULT_BASE_URL = 'https://download.pytorch.org/models'
 DEFAULT_OPENAI_URL = registry.OPENAI_URL.rstrip('/')
 DEFAULT_WEIGHTS = 'IMAGENET1K_V1'

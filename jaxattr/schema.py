@@ -122,6 +122,18 @@ def _backbones() -> list[str]:
   return list(registry.BACKBONES)
 
 
+def _family(config: ml_collections.ConfigDict) -> str | None:
+  """The family of `config.model.backbone`; None for an unknown one (its own check says so)."""
+  from jaxattr.models import registry
+
+  backbone = _get(config, 'model.backbone')
+  return registry.get(backbone).family if backbone in registry.BACKBONES else None
+
+
+# Families whose two taps are one token grid (a ViT's blocks): no stride-2 aggregation.
+_TOKEN_GRID_FAMILIES = ('vit', 'clip')
+
+
 def _module_choices(module: str, attribute: str) -> Callable[[], tuple[Any, ...]]:
   """The choices `jaxattr.<module>.<attribute>`, imported when asked for."""
 
@@ -356,12 +368,11 @@ def _freeze_needs_weights(name, value, config, _):
 
 def _recipe(name, value, config, _):
   from jaxattr import recipes
-  from jaxattr.models import registry
 
-  backbone = _get(config, 'model.backbone')
-  if value == recipes.OWN or backbone not in registry.BACKBONES:
+  backbone, family = _get(config, 'model.backbone'), _family(config)
+  if value == recipes.OWN or family is None:
     return None
-  expected = recipes.recipe_of(registry.get(backbone).family)
+  expected = recipes.recipe_of(family)
   if value == expected:
     return None
   return (
@@ -373,14 +384,11 @@ def _recipe(name, value, config, _):
 
 def _layer_decay(name, value, config, _):
   from jaxattr import optim
-  from jaxattr.models import registry
 
+  family = _family(config)
+  if not 0 < value < 1 or family is None or family in optim.LAYER_DECAY_FAMILIES:
+    return None
   backbone = _get(config, 'model.backbone')
-  if not 0 < value < 1 or backbone not in registry.BACKBONES:
-    return None
-  family = registry.get(backbone).family
-  if family in optim.LAYER_DECAY_FAMILIES:
-    return None
   return f'{name}: layer-wise lr decay is defined for ViT backbones, not {backbone}, got {value!r}'
 
 
@@ -401,26 +409,20 @@ def _aggregation_fits_levels(name, value, config, _):
     models.validate_attention(levels, value)
   except ValueError as e:
     return f'{name}: {e}'
-  from jaxattr.models import registry
-
-  backbone = _get(config, 'model.backbone')
-  if value == 'feature_strided_conv' and backbone in registry.BACKBONES:
-    if registry.get(backbone).family == 'vit':  # Both taps are the one token grid.
-      return f"{name}: {backbone}'s two taps share one grid, which a stride-2 conv cannot halve"
+  if value == 'feature_strided_conv' and _family(config) in _TOKEN_GRID_FAMILIES:
+    backbone = _get(config, 'model.backbone')
+    return f"{name}: {backbone}'s two taps share one grid, which a stride-2 conv cannot halve"
   return None
 
 
 def _drop_path_backbone(name, value, config, _):
   from jaxattr import models
 
-  backbone = _get(config, 'model.backbone')
-  if value == 0 or backbone not in models.BACKBONES:
-    return None  # An unknown backbone is reported by its own check.
-  family = models.BACKBONES[backbone].family
-  if family not in models.STOCHASTIC_DEPTH_FAMILIES:
-    families = ', '.join(models.STOCHASTIC_DEPTH_FAMILIES)
-    return f'{name}: {backbone} has no stochastic depth (only {families} do); use 0, got {value!r}'
-  return None
+  family = _family(config)
+  if value == 0 or family is None or family in models.STOCHASTIC_DEPTH_FAMILIES:
+    return None
+  backbone, families = _get(config, 'model.backbone'), ', '.join(models.STOCHASTIC_DEPTH_FAMILIES)
+  return f'{name}: {backbone} has no stochastic depth (only {families} do); use 0, got {value!r}'
 
 
 def _micro_batches_divide(name, value, config, num_devices):

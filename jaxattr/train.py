@@ -578,13 +578,14 @@ def _train_and_evaluate(config, workdir: Path, devices) -> dict[str, Any]:
   if restored is not None:
     state = restored
     logging.info('Resumed at step %d.', int(state.step))
-  elif config.model.pretrained not in ('', schema.SCRATCH):  # Random init otherwise.
+  else:
     from jaxattr import pretrained  # `torchvision:ARCH` -> a converted directory (cached).
 
     model = config.model
     path = pretrained.resolve(model.pretrained, model.backbone, model.width, model.depth)
-    state = pretrained.load_into(state, path)
-    if state.ema:  # The average starts from the pretrained weights, in buffers of its own.
+    state = pretrained.load_into(state, path)  # None ('scratch', ''): random init, unchanged.
+    if state.ema and path is not None:  # The average starts from the pretrained weights,
+      # in buffers of its own.
       state = state.replace(ema=jax.tree.map(jnp.copy, state.variables()))
   if is_main:  # The config in use from this step on: config.json, config_history.jsonl.
     resume.record_config(workdir, config, int(state.step))

@@ -160,6 +160,9 @@ def test_vit_has_no_strided_feature_conv():
   )
   config.model.backbone = 'swin_t'
   assert schema.validate(config, num_devices=4) == []
+  config.model.backbone, config.recipe = 'clip_vit_b_16', 'own'  # CLIP's taps share one too.
+  (line,) = schema.validate(config, num_devices=4)
+  assert line.startswith("config.model.attention.aggregation: clip_vit_b_16's two taps")
 
 
 # (config file, flags, the one problem line's start): each trap through the command line.
